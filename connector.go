@@ -1,0 +1,256 @@
+package tenantpg
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Connector is a driver.Connector that routes each connection request to
+// the pool of the tenant carried by its context. It keeps one pgxpool.Pool
+// per distinct tenant target, a global connection budget and a negative cache
+// of rejected tenants. Use it with sql.OpenDB, or through OpenDB and
+// sql.Open("tenantpg", dsn).
+type Connector struct {
+	settings *settings
+	set      *poolSet
+	budget   *budget
+	rejects  *rejectCache
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	stop      chan struct{}
+	reaperWG  sync.WaitGroup
+
+	noTenant atomic.Int64 // checkouts without tenant (answered by noTenantConn)
+}
+
+var (
+	_ driver.Connector = (*Connector)(nil)
+	_ io.Closer        = (*Connector)(nil)
+)
+
+// NewConnector validates cfg and returns a Connector. It opens no
+// connection. Errors match ErrInvalidConfig. Close it (or the *sql.DB that
+// uses it) to close every pool.
+func NewConnector(cfg *Config) (*Connector, error) {
+	s, err := compile(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &Connector{
+		settings: s,
+		budget:   newBudget(cfg.MaxConns),
+		rejects:  newRejectCache(s.rejectTTL),
+		stop:     make(chan struct{}),
+	}
+	c.set = newPoolSet(c)
+	c.budget.evict = c.set.evictOne
+	c.reaperWG.Add(1)
+	go c.reaper()
+	return c, nil
+}
+
+// OpenDB returns a *sql.DB over a new Connector for cfg, with database/sql's
+// own idle pool disabled so that every checkout reaches the tenant's pool
+// with the caller's context. Errors match ErrInvalidConfig.
+func OpenDB(cfg *Config) (*sql.DB, error) {
+	c, err := NewConnector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	db := sql.OpenDB(c)
+	db.SetMaxIdleConns(0)
+	return db, nil
+}
+
+// Connect returns a connection from the pool of the tenant in ctx. With no
+// tenant in ctx it returns a connection that answers Ping and fails every
+// other operation with ErrNoTenant, so that a tenant-less health check does
+// not break; it opens nothing. Invalid tenants fail with ErrInvalidTenant
+// before any network I/O; rejected tenants with a *RejectedError; a full
+// budget with a *BudgetError; a session that is not the tenant's with an
+// *IdentityError.
+func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	tenant, ok := TenantFromContext(ctx)
+	if !ok {
+		if c.closed.Load() {
+			return nil, ErrClosed
+		}
+		c.noTenant.Add(1)
+		return &noTenantConn{c: c}, nil
+	}
+	e, err := c.set.enter(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	defer e.inflight.Add(-1)
+	if !e.verified.Load() {
+		return c.probeConnect(ctx, tenant, e)
+	}
+	return c.connect(ctx, tenant, e)
+}
+
+// probeConnect lets one connection attempt at a time reach a pool that never
+// connected, so that a burst of requests for an unknown tenant dials once
+// and the rest fail from the negative cache.
+func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntry) (driver.Conn, error) {
+	select {
+	case e.probe <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-e.probe }()
+	if !e.verified.Load() {
+		if err := c.rejects.get(tenant); err != nil {
+			return nil, err
+		}
+	}
+	conn, err := c.connect(ctx, tenant, e)
+	if err == nil {
+		e.verified.Store(true)
+	}
+	return conn, err
+}
+
+func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (driver.Conn, error) {
+	actx := ctx
+	var cc *callCtx
+	if c.budget.max > 0 {
+		cc = &callCtx{Context: ctx}
+		cc.state.caller = ctx
+		actx = cc
+	}
+	conn, err := e.connector.Connect(actx)
+	if err == nil {
+		return conn, nil
+	}
+	return nil, c.connectError(ctx, tenant, e, cc, err)
+}
+
+// connectError turns a pool error into tenantpg's typed errors.
+func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntry, cc *callCtx, err error) error {
+	var be *BudgetError
+	if errors.As(err, &be) {
+		return be
+	}
+	if cc != nil && cc.state.waitedNanos.Load() != 0 && ctx.Err() != nil {
+		return &BudgetError{Tenant: tenant, Limit: c.budget.max, Waited: time.Duration(cc.state.waitedNanos.Load()), Err: ctx.Err()}
+	}
+	var ie *IdentityError
+	if errors.As(err, &ie) {
+		c.log("tenantpg: identity check failed", "tenant", tenant, "field", ie.Field, "got", ie.Got, "want", ie.Want)
+		return ie
+	}
+	if _, ok := rejection(err); ok {
+		e.rejections.Add(1)
+		re := c.rejects.put(tenant, err)
+		c.set.unmap(tenant, e)
+		c.log("tenantpg: tenant rejected", "tenant", tenant, "error", err.Error())
+		return re
+	}
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("tenantpg: connect tenant %q: %w", tenant, err)
+}
+
+// instrument installs tenantpg's hooks on a tenant pool's config: the
+// budget dialer, the identity check and the release hand-off.
+func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, want identity) {
+	userBefore, userAfter := pc.BeforeConnect, pc.AfterConnect
+	b := c.budget
+	pc.BeforeConnect = func(ctx context.Context, cc *pgx.ConnConfig) error {
+		if userBefore != nil {
+			if err := userBefore(ctx, cc); err != nil {
+				return err
+			}
+		}
+		st, _ := ctx.Value(callStateKey{}).(*callState)
+		cc.DialFunc = b.dialer(cc.DialFunc, e, st, tenant)
+		return nil
+	}
+	vs := c.settings.verify
+	pc.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		if err := checkIdentity(ctx, conn, tenant, want, vs); err != nil {
+			return err
+		}
+		if userAfter != nil {
+			return userAfter(ctx, conn)
+		}
+		return nil
+	}
+	if b.max > 0 {
+		pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b}
+	}
+}
+
+// reaper closes idle pools and forgets expired rejections.
+func (c *Connector) reaper() {
+	defer c.reaperWG.Done()
+	idle := c.settings.poolIdle
+	every := 30 * time.Second
+	if idle > 0 {
+		every = min(max(idle/4, 50*time.Millisecond), 30*time.Second)
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-t.C:
+			c.set.reap(now, idle)
+			c.rejects.purge(now)
+		}
+	}
+}
+
+// Driver returns the tenantpg driver bound to this connector; Stats and
+// Pool use it to find the connector of a *sql.DB.
+func (c *Connector) Driver() driver.Driver { return &Driver{c: c} }
+
+// Close closes every tenant pool, waiting for checked-out connections to be
+// returned, and stops tenantpg's background goroutine. Budget waiters fail
+// with ErrClosed. It is called by (*sql.DB).Close and always returns nil.
+func (c *Connector) Close() error {
+	c.closeOnce.Do(func() {
+		c.set.mu.Lock()
+		c.closed.Store(true)
+		c.set.mu.Unlock()
+		close(c.stop)
+		close(c.budget.closed)
+		c.reaperWG.Wait()
+		c.set.closeAll()
+	})
+	return nil
+}
+
+// Pool returns the pgxpool.Pool that serves tenant, creating it if needed,
+// for pgx-native work (CopyFrom, LISTEN, batches). Connections acquired from
+// it count against the budget. The pool is closed when the tenant has been
+// idle for tenant_pool_idle, so fetch it per unit of work rather than
+// keeping it. Errors are those of Connect's tenant resolution.
+func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, error) {
+	e, err := c.set.enter(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	e.inflight.Add(-1)
+	return e.pool, nil
+}
+
+func (c *Connector) log(msg string, args ...any) {
+	if l := c.settings.cfg.Logger; l != nil {
+		l.Info(msg, args...)
+	}
+}

@@ -1,0 +1,320 @@
+package tenantpg
+
+import (
+	"context"
+	"database/sql/driver"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// poolEntry is one pgxpool.Pool and the tenants routed to it.
+type poolEntry struct {
+	key       string
+	target    string // user@host:port/database, for stats and logs
+	pool      *pgxpool.Pool
+	connector driver.Connector // stdlib.GetPoolConnector(pool)
+	created   time.Time
+
+	tenants map[string]struct{} // guarded by poolSet.mu
+	removed bool                // guarded by poolSet.mu
+
+	lastUsed atomic.Int64 // unix nanoseconds of the last checkout
+	inflight atomic.Int32 // Connect calls using the entry right now
+	open     atomic.Int32 // physical connections (budget holders)
+	verified atomic.Bool  // a connection succeeded once
+	probe    chan struct{}
+
+	rejections atomic.Int64
+}
+
+func (e *poolEntry) touch() { e.lastUsed.Store(time.Now().UnixNano()) }
+
+// poolSet maps tenants to pool entries.
+type poolSet struct {
+	c *Connector
+
+	mu      sync.RWMutex
+	tenants map[string]*poolEntry
+	targets map[string]*poolEntry
+	calls   map[string]*resolveCall // tenants being resolved
+
+	created atomic.Int64
+	reaped  atomic.Int64
+}
+
+type resolveCall struct {
+	done chan struct{}
+	err  error
+}
+
+func newPoolSet(c *Connector) *poolSet {
+	return &poolSet{
+		c:       c,
+		tenants: map[string]*poolEntry{},
+		targets: map[string]*poolEntry{},
+		calls:   map[string]*resolveCall{},
+	}
+}
+
+// lookup returns the tenant's entry if it is resolved.
+func (s *poolSet) lookup(tenant string) *poolEntry {
+	s.mu.RLock()
+	e := s.tenants[tenant]
+	s.mu.RUnlock()
+	return e
+}
+
+// enter returns the tenant's entry with its inflight count raised; the
+// caller must lower it. A cold tenant is resolved once however many callers
+// ask for it at the same time.
+func (s *poolSet) enter(ctx context.Context, tenant string) (*poolEntry, error) {
+	s.mu.RLock()
+	if e := s.tenants[tenant]; e != nil {
+		e.inflight.Add(1)
+		s.mu.RUnlock()
+		e.touch()
+		return e, nil
+	}
+	s.mu.RUnlock()
+	for {
+		if err := s.c.rejects.get(tenant); err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		if s.c.closed.Load() {
+			s.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if e := s.tenants[tenant]; e != nil {
+			e.inflight.Add(1)
+			s.mu.Unlock()
+			e.touch()
+			return e, nil
+		}
+		if call := s.calls[tenant]; call != nil {
+			s.mu.Unlock()
+			select {
+			case <-call.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if call.err != nil {
+				return nil, call.err
+			}
+			continue
+		}
+		call := &resolveCall{done: make(chan struct{})}
+		s.calls[tenant] = call
+		s.mu.Unlock()
+
+		e, err := s.resolve(ctx, tenant)
+
+		s.mu.Lock()
+		delete(s.calls, tenant)
+		call.err = err
+		close(call.done)
+		if err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		e.inflight.Add(1)
+		s.mu.Unlock()
+		e.touch()
+		return e, nil
+	}
+}
+
+// resolve builds the tenant's target and maps the tenant to the entry for
+// it, creating the pool if no other tenant uses that target.
+func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error) {
+	st := s.c.settings
+	pc, id, err := st.resolve(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	key := targetKey(pc)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c.closed.Load() {
+		return nil, ErrClosed
+	}
+	if e := s.targets[key]; e != nil {
+		e.tenants[tenant] = struct{}{}
+		s.tenants[tenant] = e
+		return e, nil
+	}
+	e := &poolEntry{
+		key:     key,
+		target:  fmt.Sprintf("%s@%s:%d/%s", pc.ConnConfig.User, pc.ConnConfig.Host, pc.ConnConfig.Port, pc.ConnConfig.Database),
+		tenants: map[string]struct{}{tenant: {}},
+		probe:   make(chan struct{}, 1),
+		created: time.Now(),
+	}
+	s.c.instrument(pc, e, tenant, id)
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, fmt.Errorf("tenantpg: pool for tenant %q: %w", tenant, err)
+	}
+	e.pool = pool
+	e.connector = stdlib.GetPoolConnector(pool, stdlib.OptionResetSession(s.resetSession(e)))
+	s.targets[key] = e
+	s.tenants[tenant] = e
+	s.created.Add(1)
+	s.c.log("tenantpg: pool created", "tenant", tenant, "target", e.target)
+	return e, nil
+}
+
+// resetSession is the safety net for a *sql.DB whose idle pool was turned
+// back on: database/sql then offers an idle connection to any caller, and
+// this hook refuses it unless the caller's tenant routes to the same pool.
+func (s *poolSet) resetSession(e *poolEntry) func(context.Context, *pgx.Conn) error {
+	return func(ctx context.Context, _ *pgx.Conn) error {
+		tenant, ok := TenantFromContext(ctx)
+		if !ok {
+			return fmt.Errorf("tenantpg: idle connection offered to a caller without tenant: %w", driver.ErrBadConn)
+		}
+		if s.lookup(tenant) != e {
+			return fmt.Errorf("tenantpg: idle connection of another tenant offered to %q: %w", tenant, driver.ErrBadConn)
+		}
+		e.touch()
+		return nil
+	}
+}
+
+// unmap removes a tenant's mapping, so that its next request resolves again.
+func (s *poolSet) unmap(tenant string, e *poolEntry) {
+	s.mu.Lock()
+	if s.tenants[tenant] == e {
+		delete(s.tenants, tenant)
+		delete(e.tenants, tenant)
+	}
+	s.mu.Unlock()
+}
+
+// removableLocked reports whether e can be closed: nobody is connecting
+// through it and none of its connections is checked out or being built.
+func removableLocked(e *poolEntry) bool {
+	if e.removed || e.inflight.Load() != 0 {
+		return false
+	}
+	st := e.pool.Stat()
+	return st.AcquiredConns() == 0 && st.ConstructingConns() == 0
+}
+
+// removeLocked unmaps e; the caller closes its pool outside the lock.
+func (s *poolSet) removeLocked(e *poolEntry) {
+	e.removed = true
+	delete(s.targets, e.key)
+	for t := range e.tenants {
+		if s.tenants[t] == e {
+			delete(s.tenants, t)
+		}
+	}
+}
+
+// evictOne frees one idle connection of the least recently used pool other
+// than self: the whole pool when none of its connections is in use,
+// otherwise one idle connection. It reports whether it freed anything.
+func (s *poolSet) evictOne(self *poolEntry) bool {
+	cands := s.c.budget.holderList(self)
+	slices.SortFunc(cands, func(a, b *poolEntry) int { return int(a.lastUsed.Load() - b.lastUsed.Load()) })
+	for _, e := range cands {
+		s.mu.Lock()
+		whole := removableLocked(e)
+		if whole {
+			s.removeLocked(e)
+		}
+		s.mu.Unlock()
+		if whole {
+			e.pool.Close()
+			s.c.budget.evictPools.Add(1)
+			s.c.log("tenantpg: idle pool evicted for the connection budget", "target", e.target)
+			return true
+		}
+		idle := e.pool.AcquireAllIdle(context.Background())
+		if len(idle) == 0 {
+			continue
+		}
+		victim := idle[0].Hijack()
+		for _, c := range idle[1:] {
+			c.Release()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = victim.Close(ctx)
+		cancel()
+		s.c.budget.evictConns.Add(1)
+		return true
+	}
+	return false
+}
+
+// reap closes pools unused for longer than idle and pools left without
+// tenants. It returns how many it closed.
+func (s *poolSet) reap(now time.Time, idle time.Duration) int {
+	var victims []*poolEntry
+	s.mu.Lock()
+	for _, e := range s.targets {
+		stale := idle > 0 && now.UnixNano()-e.lastUsed.Load() > int64(idle)
+		if (stale || len(e.tenants) == 0) && removableLocked(e) {
+			s.removeLocked(e)
+			victims = append(victims, e)
+		}
+	}
+	s.mu.Unlock()
+	for _, e := range victims {
+		e.pool.Close()
+		s.reaped.Add(1)
+		s.c.log("tenantpg: idle pool closed", "target", e.target)
+	}
+	return len(victims)
+}
+
+// closeAll removes every entry and closes its pool, waiting for checked out
+// connections to come back.
+func (s *poolSet) closeAll() {
+	s.mu.Lock()
+	all := make([]*poolEntry, 0, len(s.targets))
+	for _, e := range s.targets {
+		s.removeLocked(e)
+		all = append(all, e)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, e := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.pool.Close()
+		}()
+	}
+	wg.Wait()
+}
+
+// entries returns a snapshot of the pool entries with their tenants.
+func (s *poolSet) entries() []entrySnapshot {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]entrySnapshot, 0, len(s.targets))
+	for _, e := range s.targets {
+		ts := make([]string, 0, len(e.tenants))
+		for t := range e.tenants {
+			ts = append(ts, t)
+		}
+		slices.Sort(ts)
+		out = append(out, entrySnapshot{e: e, tenants: ts})
+	}
+	return out
+}
+
+type entrySnapshot struct {
+	e       *poolEntry
+	tenants []string
+}

@@ -1,0 +1,78 @@
+package tenantpg
+
+import (
+	"context"
+	"database/sql/driver"
+	"fmt"
+)
+
+// noTenantConn is what Connect returns for a context without a tenant. It
+// holds no server connection. Ping succeeds while the connector is open (or
+// pings tenant_ping's pool when configured); everything else fails with
+// ErrNoTenant. database/sql may keep it idle; it is never handed to a caller
+// that has a tenant, because ResetSession refuses such a caller.
+type noTenantConn struct {
+	c *Connector
+}
+
+var (
+	_ driver.Conn               = (*noTenantConn)(nil)
+	_ driver.Pinger             = (*noTenantConn)(nil)
+	_ driver.ConnPrepareContext = (*noTenantConn)(nil)
+	_ driver.ConnBeginTx        = (*noTenantConn)(nil)
+	_ driver.ExecerContext      = (*noTenantConn)(nil)
+	_ driver.QueryerContext     = (*noTenantConn)(nil)
+	_ driver.SessionResetter    = (*noTenantConn)(nil)
+	_ driver.Validator          = (*noTenantConn)(nil)
+)
+
+func (n *noTenantConn) Ping(ctx context.Context) error {
+	if n.c.closed.Load() {
+		return ErrClosed
+	}
+	t := n.c.settings.cfg.PingTenant
+	if t == "" {
+		return nil
+	}
+	pool, err := n.c.Pool(ctx, t)
+	if err != nil {
+		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
+	}
+	return nil
+}
+
+func (n *noTenantConn) Prepare(string) (driver.Stmt, error) { return nil, ErrNoTenant }
+
+func (n *noTenantConn) PrepareContext(context.Context, string) (driver.Stmt, error) {
+	return nil, ErrNoTenant
+}
+
+func (n *noTenantConn) Begin() (driver.Tx, error) { return nil, ErrNoTenant }
+
+func (n *noTenantConn) BeginTx(context.Context, driver.TxOptions) (driver.Tx, error) {
+	return nil, ErrNoTenant
+}
+
+func (n *noTenantConn) ExecContext(context.Context, string, []driver.NamedValue) (driver.Result, error) {
+	return nil, ErrNoTenant
+}
+
+func (n *noTenantConn) QueryContext(context.Context, string, []driver.NamedValue) (driver.Rows, error) {
+	return nil, ErrNoTenant
+}
+
+// ResetSession refuses a caller that has a tenant, so that database/sql
+// drops this connection and opens one from the tenant's pool.
+func (n *noTenantConn) ResetSession(ctx context.Context) error {
+	if _, ok := TenantFromContext(ctx); ok {
+		return driver.ErrBadConn
+	}
+	return nil
+}
+
+func (n *noTenantConn) IsValid() bool { return !n.c.closed.Load() }
+
+func (n *noTenantConn) Close() error { return nil }
