@@ -100,7 +100,7 @@ func TestSplitDSNKeywordValueRoundTrip(t *testing.T) {
 func TestSplitDSNErrors(t *testing.T) {
 	for _, dsn := range []string{
 		"host=x tenant_user='{user}.{tenant}", // unterminated quote
-		"host",                               // no '='
+		"host",                                // no '='
 		"postgres://h/db?tenant_user=a&tenant_user=b",
 		"host=x tenant_user={tenant} tenant_user={tenant}",
 		"postgres://h/db?tenant_user=%zz",
