@@ -109,11 +109,13 @@ func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntr
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	if e.verified.Load() {
+		<-e.probe // another caller's probe succeeded meanwhile
+		return c.connect(ctx, tenant, e)
+	}
 	defer func() { <-e.probe }()
-	if !e.verified.Load() {
-		if err := c.rejects.get(tenant); err != nil {
-			return nil, err
-		}
+	if err := c.rejects.get(tenant); err != nil {
+		return nil, err
 	}
 	conn, err := c.connect(ctx, tenant, e)
 	if err == nil {

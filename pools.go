@@ -184,6 +184,12 @@ func (s *poolSet) resetSession(e *poolEntry) func(context.Context, *pgx.Conn) er
 		if s.lookup(tenant) != e {
 			return fmt.Errorf("tenantpg: idle connection of another tenant offered to %q: %w", tenant, driver.ErrBadConn)
 		}
+		if s.c.budget.waiting.Load() > 0 {
+			// Others wait for a budget slot: drop the connection so that
+			// its release hands the slot over instead of database/sql
+			// keeping it for this tenant.
+			return fmt.Errorf("tenantpg: idle connection released to budget waiters: %w", driver.ErrBadConn)
+		}
 		e.touch()
 		return nil
 	}

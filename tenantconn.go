@@ -34,11 +34,12 @@ func (n *noTenantConn) Ping(ctx context.Context) error {
 	if t == "" {
 		return nil
 	}
-	pool, err := n.c.Pool(ctx, t)
+	conn, err := n.c.Connect(WithTenant(ctx, t))
 	if err != nil {
 		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
 	}
-	if err := pool.Ping(ctx); err != nil {
+	defer conn.Close()
+	if err := conn.(driver.Pinger).Ping(ctx); err != nil {
 		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
 	}
 	return nil

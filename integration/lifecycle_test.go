@@ -1,0 +1,122 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tenantpg/tenantpg"
+	"github.com/tenantpg/tenantpg/internal/pgtest"
+	"go.uber.org/goleak"
+)
+
+func TestIdlePoolsAreReaped(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 5)
+	db := directUserDB(t, env, "tenant_pool_idle=300ms")
+	ctx := testCtx(t)
+	for _, id := range ids {
+		if _, err := db.ExecContext(tenantpg.WithTenant(ctx, id), "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := stats(t, db); len(st.Pools) != len(ids) || st.OpenConns == 0 {
+		t.Fatalf("%d pools, %d connections after use", len(st.Pools), st.OpenConns)
+	}
+	// Keep one tenant busy: its pool must survive.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				if _, err := db.ExecContext(tenantpg.WithTenant(ctx, ids[0]), "select 1"); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}()
+	waitUntil(t, 5*time.Second, func() bool { return len(stats(t, db).Pools) == 1 })
+	close(stop)
+	<-done
+	st := stats(t, db)
+	if st.Pools[0].Tenants[0] != ids[0] || st.PoolsReaped != int64(len(ids)-1) {
+		t.Fatalf("left %v, reaped %d", st.Pools[0].Tenants, st.PoolsReaped)
+	}
+	if st.OpenConns > 1 {
+		t.Fatalf("%d connections open after reaping", st.OpenConns)
+	}
+	// A reaped tenant comes back on demand.
+	if u, err := queryString(tenantpg.WithTenant(ctx, ids[3]), db, "select current_user"); err != nil || u != "app."+ids[3] {
+		t.Fatalf("after reaping: %q, %v", u, err)
+	}
+}
+
+func TestCloseStopsEverything(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 5)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	for _, mode := range []string{"sql.Open", "OpenDB"} {
+		var db *sql.DB
+		dsn := withParams(env.BouncerURL(env.AppUser, env.AppDatabase), "tenant_user={user}.{tenant}", "tenant_max_conns=6")
+		if mode == "OpenDB" {
+			cfg, err := tenantpg.ParseConfig(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if db, err = tenantpg.OpenDB(cfg); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			var err error
+			if db, err = sql.Open("tenantpg", dsn); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		for i := 0; i < 20; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < 20; j++ {
+					if _, err := db.ExecContext(tenantpg.WithTenant(ctx, ids[(i+j)%len(ids)]), "select 1"); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		c, _ := tenantpg.ConnectorOf(db)
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		st := c.Stats()
+		if st.OpenConns != 0 || len(st.Pools) != 0 {
+			t.Fatalf("%s: after Close %d connections, %d pools", mode, st.OpenConns, len(st.Pools))
+		}
+		if _, err := db.ExecContext(tenantpg.WithTenant(ctx, ids[0]), "select 1"); err == nil {
+			t.Fatalf("%s: query after Close succeeded", mode)
+		}
+		if _, err := c.Connect(tenantpg.WithTenant(ctx, ids[0])); err != tenantpg.ErrClosed {
+			t.Fatalf("%s: Connect after Close = %v, want ErrClosed", mode, err)
+		}
+	}
+}
+
+func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
