@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -162,6 +164,11 @@ func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntr
 	}
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return err
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && strings.HasPrefix(pe.Message, "unsupported startup parameter") {
+		return fmt.Errorf("tenantpg: connect tenant %q: the pooler refuses startup parameters such as search_path "+
+			"and settings (tenant_schema, tenant_setting); route through it with tenant_user or tenant_database: %w", tenant, err)
 	}
 	return fmt.Errorf("tenantpg: connect tenant %q: %w", tenant, err)
 }

@@ -288,3 +288,16 @@ func TestIdentityCheck(t *testing.T) {
 		t.Fatalf("verify=off: %q, %v", u, err)
 	}
 }
+
+func TestBouncerRefusesSchemaWithHint(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	db := open(t, withParams(env.BouncerURL(env.AppUser, env.AppDatabase), "tenant_schema={tenant}"))
+	_, err := db.ExecContext(tenantpg.WithTenant(testCtx(t), "t01"), "select 1")
+	if err == nil || !strings.Contains(err.Error(), "tenant_user or tenant_database") {
+		t.Fatalf("err = %v, want the pooler hint", err)
+	}
+	if errors.Is(err, tenantpg.ErrTenantRejected) {
+		t.Fatal("a configuration problem was cached as a tenant rejection")
+	}
+}

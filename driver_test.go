@@ -1,0 +1,127 @@
+package tenantpg
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+var (
+	_ driver.Connector     = (*Connector)(nil)
+	_ driver.DriverContext = (*Driver)(nil)
+)
+
+func TestSQLOpenRejectsBadDSN(t *testing.T) {
+	_, err := sql.Open(DriverName, "postgres://app@localhost/app")
+	if !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("sql.Open without a rewrite = %v, want ErrInvalidConfig", err)
+	}
+}
+
+func TestDriverOpenHasNoTenant(t *testing.T) {
+	_, err := (&Driver{}).Open("postgres://app@localhost/app?tenant_user={tenant}")
+	if !errors.Is(err, ErrNoTenant) {
+		t.Fatalf("Driver.Open = %v, want ErrNoTenant", err)
+	}
+}
+
+func TestConnectorOf(t *testing.T) {
+	db, err := sql.Open(DriverName, "postgres://app@127.0.0.1:1/app?tenant_user={user}.{tenant}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	c, err := ConnectorOf(db)
+	if err != nil || c == nil {
+		t.Fatalf("ConnectorOf = %v, %v", c, err)
+	}
+	if _, err := Pool(context.Background(), db); !errors.Is(err, ErrNoTenant) {
+		t.Fatalf("Pool without tenant = %v", err)
+	}
+	pool, err := Pool(WithTenant(context.Background(), "acme"), db)
+	if err != nil || pool.Config().ConnConfig.User != "app.acme" {
+		t.Fatalf("Pool(acme) = %v, %v", pool, err)
+	}
+	// Two tenants with the same target share one pool; here they differ.
+	p2, _ := c.Pool(context.Background(), "globex")
+	if p2 == pool {
+		t.Fatal("different tenants share a pool")
+	}
+	if st := c.Stats(); len(st.Pools) != 2 || st.Dials != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+
+	other := sql.OpenDB(fakeConnector{})
+	defer other.Close()
+	if _, err := ConnectorOf(other); !errors.Is(err, ErrNotTenantpg) {
+		t.Fatalf("ConnectorOf(other) = %v", err)
+	}
+	if _, err := DBStats(other); !errors.Is(err, ErrNotTenantpg) {
+		t.Fatalf("DBStats(other) = %v", err)
+	}
+}
+
+func TestTenantsSharingATargetShareAPool(t *testing.T) {
+	cfg, err := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_pattern=[a-z]+")
+	if err == nil {
+		t.Fatal("config without rewrite accepted")
+	}
+	cfg, err = ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={tenant}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Route two tenants to the same login.
+	cfg.Resolve = func(_ context.Context, tenant string, pc *pgxpool.Config) error {
+		if tenant == "b" {
+			pc.ConnConfig.User = "a"
+		}
+		return nil
+	}
+	c, err := NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pa, _ := c.Pool(context.Background(), "a")
+	pb, _ := c.Pool(context.Background(), "b")
+	if pa != pb {
+		t.Fatal("tenants with the same target got different pools")
+	}
+	st := c.Stats()
+	if len(st.Pools) != 1 || len(st.Pools[0].Tenants) != 2 {
+		t.Fatalf("stats %+v", st.Pools)
+	}
+}
+
+func TestCloseIsIdempotent(t *testing.T) {
+	cfg, _ := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={tenant}")
+	c, err := NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Pool(context.Background(), "a"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Pool after Close = %v", err)
+	}
+	if _, err := c.Connect(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("tenant-less Connect after Close = %v", err)
+	}
+}
+
+type fakeConnector struct{}
+
+func (fakeConnector) Connect(context.Context) (driver.Conn, error) { return nil, errors.New("fake") }
+func (fakeConnector) Driver() driver.Driver                        { return fakeDriver{} }
+
+type fakeDriver struct{}
+
+func (fakeDriver) Open(string) (driver.Conn, error) { return nil, errors.New("fake") }
