@@ -12,8 +12,15 @@ import (
 
 // budget counts physical connections across all tenant pools and, when max
 // is set, caps them. A slot is taken when a connection is dialed and given
-// back when its socket closes, so every failure path returns it. Slots freed
-// while callers wait go to the longest waiter first.
+// back when its socket closes, so every failure path returns it.
+//
+// The dialer never waits: pgxpool builds connections on a goroutine that
+// ignores the caller's context and blocks the caller until it finishes, so
+// waiting there would also block a caller whose own pool is about to release
+// a connection. Instead a dial that finds the budget full fails at once with
+// errBudgetFull, and Connect waits (bounded by the caller's context) for a
+// slot or, when its pool already has connections, for one of them to come
+// back, then tries again.
 type budget struct {
 	max int // 0: count only
 
@@ -36,27 +43,63 @@ type budget struct {
 
 	// evict frees one connection that is idle in a pool other than self,
 	// least recently used first, and reports whether it did.
-	evict func(self *poolEntry) bool
+	evict func(self *poolEntry, starving bool) bool
 	// closed is set by Connector.Close; waiters fail with ErrClosed.
 	closed chan struct{}
 }
 
+// budgetWaiter is a Connect call waiting for a slot for its pool.
 type budgetWaiter struct {
-	ch      chan struct{}
-	granted bool // guarded by budget.mu
+	e        *poolEntry
+	ch       chan struct{}
+	granted  bool // guarded by budget.mu
+	starving bool // waited longer than starveAfter in all
 }
+
+// rank orders waiters for a freed slot: starving first, then by how few
+// connections their pool has.
+func (w *budgetWaiter) rank() int64 {
+	if w.starving {
+		return -1
+	}
+	return int64(w.e.open.Load())
+}
+
+// pollInterval is how often a waiter whose pool has connections of its own
+// retries its pool, which may have released one meanwhile; idlePollInterval
+// is the same for a waiter whose pool has none, which relies mostly on
+// hand-offs.
+const (
+	pollInterval     = 2 * time.Millisecond
+	idlePollInterval = 10 * time.Millisecond
+)
+
+// starveAfter is how long a caller may wait before it counts as starving and
+// takes priority. A pool's own connections do not always come back: with
+// database/sql's idle pool on, they can sit in its free list, out of reach of
+// the caller waiting in Connect.
+const starveAfter = 20 * time.Millisecond
 
 func newBudget(max int) *budget {
 	return &budget{max: max, holders: map[*poolEntry]struct{}{}, closed: make(chan struct{})}
 }
 
+// errBudgetFull is what a dial returns when no slot is free; Connect waits
+// and retries. It matches ErrBudgetExhausted for users of Pool, whose
+// Acquire fails with it instead of waiting.
+type budgetFullError struct{}
+
+func (budgetFullError) Error() string        { return "tenantpg: connection budget full" }
+func (budgetFullError) Is(target error) bool { return target == ErrBudgetExhausted }
+
+var errBudgetFull error = budgetFullError{}
+
 // callState travels in the Acquire context's values to the dialer, which runs
-// on pgxpool's constructor goroutine whose context ignores the caller's
-// cancellation. It lets a budget wait end with the caller's context and lets
-// Connect tell a budget timeout from other timeouts.
+// on pgxpool's constructor goroutine: a slot granted to a waiting Connect is
+// reserved there for the next dial of the same call.
 type callState struct {
-	caller      context.Context
-	waitedNanos atomic.Int64 // > 0 once the dialer waited for a slot
+	reserved atomic.Bool
+	done     bool // guarded by budget.mu: the Connect call has returned
 }
 
 type callStateKey struct{}
@@ -74,9 +117,9 @@ func (c *callCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
-// take grabs a free slot without waiting. Callers hold b.mu.
+// takeLocked grabs a free slot. Callers hold b.mu.
 func (b *budget) takeLocked(e *poolEntry) bool {
-	if b.max > 0 && (b.used >= b.max || len(b.queue) > 0) {
+	if b.max > 0 && b.used >= b.max {
 		return false
 	}
 	b.used++
@@ -93,90 +136,114 @@ func (b *budget) noteOpenLocked(e *poolEntry) {
 	}
 }
 
-// acquire takes a slot for a new connection of e. When the budget is full it
-// first evicts idle connections of other tenants, then waits until a slot is
-// freed, ctx or the caller's context ends (a *BudgetError), or the connector
-// closes.
-func (b *budget) acquire(ctx context.Context, st *callState, e *poolEntry, tenant string) error {
+// take gets a slot for a new connection of e without waiting: a slot
+// reserved for this call, a free one, or one freed by evicting an idle
+// connection of another pool. Otherwise it returns errBudgetFull.
+func (b *budget) take(st *callState, e *poolEntry) error {
 	b.mu.Lock()
-	ok := b.takeLocked(e)
+	if st != nil && st.reserved.Swap(false) {
+		b.noteOpenLocked(e)
+		b.mu.Unlock()
+		return nil
+	}
+	ok := len(b.queue) == 0 && b.takeLocked(e)
 	b.mu.Unlock()
 	if ok {
 		return nil
 	}
-	if b.evict != nil && b.evict(e) {
+	if b.evict != nil && b.evict(e, false) {
 		b.mu.Lock()
-		ok = b.takeLocked(e)
+		ok = len(b.queue) == 0 && b.takeLocked(e)
 		b.mu.Unlock()
 		if ok {
 			return nil
 		}
 	}
-	var callerDone <-chan struct{}
-	if st == nil {
-		// A background connect (no caller) never waits.
-		return &BudgetError{Tenant: tenant, Limit: b.max, Err: context.DeadlineExceeded}
-	}
-	callerDone = st.caller.Done()
+	return errBudgetFull
+}
 
-	w := &budgetWaiter{ch: make(chan struct{})}
+// wait blocks until a slot is granted for e (it returns true: the slot is
+// reserved in st for the caller's next dial), until it is time to retry the
+// pool (false), or until ctx ends or the connector closes (a *BudgetError or
+// ErrClosed).
+func (b *budget) wait(ctx context.Context, st *callState, e *poolEntry, tenant string, waited *time.Duration) (bool, error) {
+	w := &budgetWaiter{e: e, ch: make(chan struct{}), starving: *waited >= starveAfter}
 	b.mu.Lock()
-	if b.takeLocked(e) {
+	if b.used < b.max { // a slot was freed after the dial failed
+		b.used++
+		st.reserved.Store(true)
 		b.mu.Unlock()
-		return nil
+		return true, nil
 	}
 	b.queue = append(b.queue, w)
 	b.waiting.Add(1)
 	b.mu.Unlock()
-	start := time.Now()
-	st.waitedNanos.Store(1)
-	b.waits.Add(1)
-
-	// Connections that went idle before we queued are not handed over by
-	// the release hook; evict one now so that they are.
-	if b.evict != nil {
-		b.evict(e)
+	if *waited == 0 {
+		b.waits.Add(1)
 	}
+	start := time.Now()
+	defer func() {
+		d := time.Since(start)
+		*waited += d
+		b.waitNanos.Add(int64(d))
+	}()
 
+	// Connections that went idle before we queued are not handed over on
+	// release; evict one now so that they are.
+	if b.evict != nil {
+		b.evict(e, w.starving)
+	}
+	// Poll even without connections of our own: another call for the same
+	// tenant may open one that we can share, and conns parked in
+	// database/sql's free list come back without a release to hand over.
+	interval := pollInterval
+	if e.open.Load() == 0 {
+		interval = idlePollInterval
+	}
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	poll := t.C
 	var err error
 	select {
 	case <-w.ch:
+		st.reserved.Store(true)
+		return true, nil
+	case <-poll:
 	case <-ctx.Done():
 		err = ctx.Err()
-	case <-callerDone:
-		err = st.caller.Err()
 	case <-b.closed:
 		err = ErrClosed
 	}
-	waited := time.Since(start)
-	st.waitedNanos.Store(int64(waited) | 1)
-	b.waitNanos.Add(int64(waited))
-	if err == nil {
-		b.mu.Lock()
-		b.noteOpenLocked(e)
-		b.mu.Unlock()
-		return nil
-	}
 	b.mu.Lock()
 	if w.granted {
-		// The slot arrived as we gave up: pass it on.
 		b.mu.Unlock()
-		b.handOff()
-	} else {
-		for i, q := range b.queue {
-			if q == w {
-				b.queue = append(b.queue[:i], b.queue[i+1:]...)
-				b.waiting.Add(-1)
-				break
-			}
+		if err == nil {
+			st.reserved.Store(true)
+			return true, nil
 		}
+		b.handOff() // the slot arrived as we gave up: pass it on
+	} else {
+		b.removeLocked(w)
 		b.mu.Unlock()
+	}
+	if err == nil {
+		return false, nil
 	}
 	if err == ErrClosed {
-		return err
+		return false, err
 	}
 	b.timeouts.Add(1)
-	return &BudgetError{Tenant: tenant, Limit: b.max, Waited: waited, Err: err}
+	return false, &BudgetError{Tenant: tenant, Limit: b.max, Waited: *waited + time.Since(start), Err: err}
+}
+
+func (b *budget) removeLocked(w *budgetWaiter) {
+	for i, q := range b.queue {
+		if q == w {
+			b.queue = append(b.queue[:i], b.queue[i+1:]...)
+			b.waiting.Add(-1)
+			return
+		}
+	}
 }
 
 // release gives back e's slot when one of its connections closes.
@@ -190,20 +257,80 @@ func (b *budget) release(e *poolEntry) {
 	b.handOff()
 }
 
-// handOff gives a freed slot to the first waiter, or frees it.
+// releaseToCall gives back the slot of a connection that closed before it
+// was established (a failed attempt, or the TLS attempt of sslmode=prefer
+// before the plain one): it stays reserved for the same Connect call, whose
+// next dial would otherwise queue behind everyone else. Once the call has
+// returned, the slot is released as usual.
+func (b *budget) releaseToCall(e *poolEntry, st *callState) {
+	b.mu.Lock()
+	if e.open.Add(-1) == 0 {
+		delete(b.holders, e)
+	}
+	b.open.Add(-1)
+	if st != nil && !st.done && !st.reserved.Load() {
+		st.reserved.Store(true)
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	b.handOff()
+}
+
+// handOff gives a freed slot to the waiter that ranks first (starving, then
+// fewest connections, then earliest), or frees it.
 func (b *budget) handOff() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.queue) > 0 {
-		w := b.queue[0]
-		b.queue[0] = nil
-		b.queue = b.queue[1:]
-		b.waiting.Add(-1)
-		w.granted = true
-		close(w.ch)
+	if len(b.queue) == 0 {
+		b.used--
 		return
 	}
-	b.used--
+	best := 0
+	for i, w := range b.queue {
+		if w.rank() < b.queue[best].rank() {
+			best = i
+		}
+	}
+	w := b.queue[best]
+	b.queue = append(b.queue[:best], b.queue[best+1:]...)
+	b.waiting.Add(-1)
+	w.granted = true
+	close(w.ch)
+}
+
+// finish ends a Connect call: a reservation it did not use goes back, and
+// connections still being set up for it release their slots normally.
+func (b *budget) finish(st *callState) {
+	b.mu.Lock()
+	st.done = true
+	had := st.reserved.Swap(false)
+	b.mu.Unlock()
+	if had {
+		b.handOff()
+	}
+}
+
+// shouldYield reports whether a connection of e being released should be
+// closed so that its slot goes to a waiter of another pool: one with no
+// connection at all, a starving one, or one with at least two fewer than e.
+// The margin keeps two busy tenants from trading a connection back and forth.
+func (b *budget) shouldYield(e *poolEntry) bool {
+	if b.waiting.Load() == 0 {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	mine := e.open.Load()
+	for _, w := range b.queue {
+		if w.e == e {
+			continue
+		}
+		if o := w.e.open.Load(); o == 0 || w.starving || o+1 < mine {
+			return true
+		}
+	}
+	return false
 }
 
 // holderList returns the entries that hold connections, except self.
@@ -220,38 +347,61 @@ func (b *budget) holderList(self *poolEntry) []*poolEntry {
 }
 
 // dialer wraps a pool's DialFunc for one physical connection: the first dial
-// (and a retry for a fallback host) takes a budget slot that the socket gives
-// back when it closes. Dials made while the connection is open are
-// cancel requests; they are short-lived and never wait for the budget.
-func (b *budget) dialer(base pgconn.DialFunc, e *poolEntry, st *callState, tenant string) pgconn.DialFunc {
+// takes a budget slot, which the socket gives back when it closes. A socket
+// closed before the connection is established keeps the slot for the same
+// Connect call (see releaseToCall). Dials made while the connection is open
+// are cancel requests; they are short-lived and not counted.
+func (b *budget) dialer(base pgconn.DialFunc, e *poolEntry, st *callState) pgconn.DialFunc {
 	var held atomic.Bool
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if held.Load() {
 			return base(ctx, network, addr)
 		}
-		if err := b.acquire(ctx, st, e, tenant); err != nil {
+		if err := b.take(st, e); err != nil {
 			return nil, err
 		}
 		b.dials.Add(1)
+		e.dials.Add(1)
 		nc, err := base(ctx, network, addr)
 		if err != nil {
-			b.release(e)
+			b.releaseToCall(e, st)
 			return nil, err
 		}
 		held.Store(true)
-		return &budgetConn{Conn: nc, release: func() { held.Store(false); b.release(e) }}, nil
+		bc := &budgetConn{Conn: nc}
+		bc.release = func() {
+			held.Store(false)
+			if bc.established.Load() {
+				b.release(e)
+			} else {
+				b.releaseToCall(e, st)
+			}
+		}
+		return bc, nil
 	}
 }
 
 // budgetConn returns its slot once, when closed.
 type budgetConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
+	once        sync.Once
+	release     func()
+	established atomic.Bool // set once the connection passed the startup and checks
 }
 
 func (c *budgetConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)
 	return err
+}
+
+// markEstablished flags the budgetConn under a connection (possibly wrapped
+// in TLS) as established.
+func markEstablished(nc net.Conn) {
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = t.NetConn()
+	}
+	if bc, ok := nc.(*budgetConn); ok {
+		bc.established.Store(true)
+	}
 }

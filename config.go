@@ -85,6 +85,14 @@ type Config struct {
 	// are applied. It is the only way to route tenants to different hosts
 	// or credentials.
 	Resolve ResolveFunc
+	// SharePools lets tenants whose resolved configurations connect to the
+	// same place as the same login, with the same password, startup
+	// parameters, exec mode, pool size and TLS roots and certificates, share
+	// one pool. The first tenant's configuration is then used for all of
+	// them, including hooks and callbacks that Resolve set, so enable it only
+	// when Resolve sets none that depend on the tenant. Off by default:
+	// each tenant gets its own pool.
+	SharePools bool
 
 	// Logger, when set, receives structured events: pool created, pool
 	// closed, tenant rejected, budget waits and evictions.

@@ -127,29 +127,37 @@ func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntr
 }
 
 func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (driver.Conn, error) {
-	actx := ctx
-	var cc *callCtx
-	if c.budget.max > 0 {
-		cc = &callCtx{Context: ctx}
-		cc.state.caller = ctx
-		actx = cc
-	}
-	conn, err := e.connector.Connect(actx)
-	if err == nil {
+	if c.budget.max == 0 {
+		conn, err := e.connector.Connect(ctx)
+		if err != nil {
+			return nil, c.connectError(ctx, tenant, e, err)
+		}
 		return conn, nil
 	}
-	return nil, c.connectError(ctx, tenant, e, cc, err)
+	cc := &callCtx{Context: ctx}
+	defer c.budget.finish(&cc.state)
+	var waited time.Duration
+	for {
+		conn, err := e.connector.Connect(cc)
+		if err == nil {
+			return conn, nil
+		}
+		if !errors.Is(err, errBudgetFull) {
+			if ctx.Err() != nil && waited > 0 {
+				c.budget.timeouts.Add(1)
+				return nil, &BudgetError{Tenant: tenant, Limit: c.budget.max, Waited: waited, Err: ctx.Err()}
+			}
+			return nil, c.connectError(ctx, tenant, e, err)
+		}
+		if _, err := c.budget.wait(ctx, &cc.state, e, tenant, &waited); err != nil {
+			c.log("tenantpg: connection budget exhausted", "tenant", tenant, "waited", waited)
+			return nil, err
+		}
+	}
 }
 
 // connectError turns a pool error into tenantpg's typed errors.
-func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntry, cc *callCtx, err error) error {
-	var be *BudgetError
-	if errors.As(err, &be) {
-		return be
-	}
-	if cc != nil && cc.state.waitedNanos.Load() != 0 && ctx.Err() != nil {
-		return &BudgetError{Tenant: tenant, Limit: c.budget.max, Waited: time.Duration(cc.state.waitedNanos.Load()), Err: ctx.Err()}
-	}
+func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntry, err error) error {
 	var ie *IdentityError
 	if errors.As(err, &ie) {
 		c.log("tenantpg: identity check failed", "tenant", tenant, "field", ie.Field, "got", ie.Got, "want", ie.Want)
@@ -185,11 +193,12 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 			}
 		}
 		st, _ := ctx.Value(callStateKey{}).(*callState)
-		cc.DialFunc = b.dialer(cc.DialFunc, e, st, tenant)
+		cc.DialFunc = b.dialer(cc.DialFunc, e, st)
 		return nil
 	}
 	vs := c.settings.verify
 	pc.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		markEstablished(conn.PgConn().Conn())
 		if err := checkIdentity(ctx, conn, tenant, want, vs); err != nil {
 			return err
 		}
@@ -199,7 +208,7 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 		return nil
 	}
 	if b.max > 0 {
-		pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b}
+		pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b, e: e}
 	}
 }
 

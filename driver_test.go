@@ -75,6 +75,7 @@ func TestTenantsSharingATargetShareAPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Route two tenants to the same login.
+	cfg.SharePools = true
 	cfg.Resolve = func(_ context.Context, tenant string, pc *pgxpool.Config) error {
 		if tenant == "b" {
 			pc.ConnConfig.User = "a"
@@ -94,6 +95,19 @@ func TestTenantsSharingATargetShareAPool(t *testing.T) {
 	st := c.Stats()
 	if len(st.Pools) != 1 || len(st.Pools[0].Tenants) != 2 {
 		t.Fatalf("stats %+v", st.Pools)
+	}
+
+	// Without SharePools, a resolver's per-tenant hooks are never shared.
+	cfg.SharePools = false
+	c2, err := NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	pa, _ = c2.Pool(context.Background(), "a")
+	pb, _ = c2.Pool(context.Background(), "b")
+	if pa == pb {
+		t.Fatal("tenants share a pool without SharePools")
 	}
 }
 

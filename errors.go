@@ -115,7 +115,7 @@ func (e *IdentityError) Error() string {
 	s := fmt.Sprintf("tenantpg: identity check failed for tenant %q: server reports %s %q, want %q",
 		e.Tenant, e.Field, e.Got, e.Want)
 	if e.Field == "user" {
-		s += " (if a pooler maps the login to another role, as Supavisor does, set tenant_verify=database or tenant_verify=off)"
+		s += " (if a pooler maps the login to another role, set tenant_verify to the checks that hold, e.g. database, or off)"
 	}
 	return s
 }

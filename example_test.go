@@ -16,7 +16,7 @@ import (
 // transaction port. One *sql.DB serves every tenant.
 func Example_supavisor() {
 	db, err := sql.Open("tenantpg",
-		"postgres://postgres:secret@supavisor.internal:6543/postgres?tenant_user={user}.{tenant}&tenant_verify=database")
+		"postgres://postgres:secret@supavisor.internal:6543/postgres?tenant_user={user}.{tenant}")
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -10,7 +10,11 @@ import (
 // checkIdentity verifies, once per new physical connection, that the session
 // is the tenant's: a pooler that silently dropped a startup parameter or
 // mapped the login elsewhere becomes an error instead of a cross-tenant read.
-// The query runs in exec mode, which every pooler mode accepts.
+// A login "<role>.<tenant>" from a tenant_user template ending in
+// ".{tenant}" may also report current_user <role>: Supavisor takes the tenant
+// from the suffix and logs in upstream as <role>, so for it the user check
+// proves the role, and the tenant is the pooler's routing. The query runs in
+// exec mode, which every pooler mode accepts.
 func checkIdentity(ctx context.Context, conn *pgx.Conn, tenant string, want identity, vs verifySet) error {
 	if !vs.user && !vs.database && !vs.schema && !vs.setting {
 		return nil
@@ -34,7 +38,7 @@ func checkIdentity(ctx context.Context, conn *pgx.Conn, tenant string, want iden
 		return fmt.Errorf("tenantpg: identity check for tenant %q: %w", tenant, err)
 	}
 	switch {
-	case vs.user && user != want.user:
+	case vs.user && user != want.user && (want.poolerUser == "" || user != want.poolerUser):
 		return &IdentityError{Tenant: tenant, Field: "user", Got: user, Want: want.user}
 	case vs.database && database != want.database:
 		return &IdentityError{Tenant: tenant, Field: "database", Got: database, Want: want.database}

@@ -1,8 +1,10 @@
 package tenantpg
 
 import (
+	"cmp"
 	"context"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -32,6 +34,7 @@ type poolEntry struct {
 	probe    chan struct{}
 
 	rejections atomic.Int64
+	dials      atomic.Int64 // physical connections opened
 }
 
 func (e *poolEntry) touch() { e.lastUsed.Store(time.Now().UnixNano()) }
@@ -105,10 +108,10 @@ func (s *poolSet) enter(ctx context.Context, tenant string) (*poolEntry, error) 
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
-			if call.err != nil {
+			if call.err != nil && !isContextError(call.err) {
 				return nil, call.err
 			}
-			continue
+			continue // resolved, or the resolving caller gave up: try again
 		}
 		call := &resolveCall{done: make(chan struct{})}
 		s.calls[tenant] = call
@@ -120,19 +123,19 @@ func (s *poolSet) enter(ctx context.Context, tenant string) (*poolEntry, error) 
 		delete(s.calls, tenant)
 		call.err = err
 		close(call.done)
-		if err != nil {
-			s.mu.Unlock()
-			return nil, err
-		}
-		e.inflight.Add(1)
 		s.mu.Unlock()
-		e.touch()
-		return e, nil
+		return e, err
 	}
 }
 
+func isContextError(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
 // resolve builds the tenant's target and maps the tenant to the entry for
-// it, creating the pool if no other tenant uses that target.
+// it, creating the pool if no other tenant shares that target. The entry is
+// returned with its inflight count raised, so that the reaper cannot close
+// it before the caller uses it.
 func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error) {
 	st := s.c.settings
 	pc, id, err := st.resolve(ctx, tenant)
@@ -140,15 +143,21 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 		return nil, err
 	}
 	key := targetKey(pc)
+	if !st.cfg.SharePools {
+		key = fmt.Sprintf("%q|%s", tenant, key)
+	}
 
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.c.closed.Load() {
+		s.mu.Unlock()
 		return nil, ErrClosed
 	}
 	if e := s.targets[key]; e != nil {
 		e.tenants[tenant] = struct{}{}
 		s.tenants[tenant] = e
+		e.inflight.Add(1)
+		s.mu.Unlock()
+		e.touch()
 		return e, nil
 	}
 	e := &poolEntry{
@@ -158,15 +167,19 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 		probe:   make(chan struct{}, 1),
 		created: time.Now(),
 	}
+	e.touch()
 	s.c.instrument(pc, e, tenant, id)
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
+		s.mu.Unlock()
 		return nil, fmt.Errorf("tenantpg: pool for tenant %q: %w", tenant, err)
 	}
 	e.pool = pool
 	e.connector = stdlib.GetPoolConnector(pool, stdlib.OptionResetSession(s.resetSession(e)))
 	s.targets[key] = e
 	s.tenants[tenant] = e
+	e.inflight.Add(1)
+	s.mu.Unlock()
 	s.created.Add(1)
 	s.c.log("tenantpg: pool created", "tenant", tenant, "target", e.target)
 	return e, nil
@@ -184,10 +197,10 @@ func (s *poolSet) resetSession(e *poolEntry) func(context.Context, *pgx.Conn) er
 		if s.lookup(tenant) != e {
 			return fmt.Errorf("tenantpg: idle connection of another tenant offered to %q: %w", tenant, driver.ErrBadConn)
 		}
-		if s.c.budget.waiting.Load() > 0 {
-			// Others wait for a budget slot: drop the connection so that
-			// its release hands the slot over instead of database/sql
-			// keeping it for this tenant.
+		if s.c.budget.shouldYield(e) {
+			// A tenant with fewer connections waits for a budget slot:
+			// drop the connection so that its release hands the slot
+			// over instead of database/sql keeping it for this tenant.
 			return fmt.Errorf("tenantpg: idle connection released to budget waiters: %w", driver.ErrBadConn)
 		}
 		e.touch()
@@ -226,24 +239,24 @@ func (s *poolSet) removeLocked(e *poolEntry) {
 	}
 }
 
-// evictOne frees one idle connection of the least recently used pool other
-// than self: the whole pool when none of its connections is in use,
-// otherwise one idle connection. It reports whether it freed anything.
-func (s *poolSet) evictOne(self *poolEntry) bool {
+// evictOne closes one idle connection of the least recently used pool
+// other than self and reports whether it did. A pool whose tenant is active
+// (connections checked out or being requested) gives one up only if it holds
+// at least two more connections than self, or self has none: the same
+// fairness rule as budget.shouldYield, so that busy tenants do not take turns
+// evicting each other; a starving caller may take from any pool. An inactive
+// pool left without connections is closed.
+func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 	cands := s.c.budget.holderList(self)
-	slices.SortFunc(cands, func(a, b *poolEntry) int { return int(a.lastUsed.Load() - b.lastUsed.Load()) })
+	slices.SortFunc(cands, func(a, b *poolEntry) int { return cmp.Compare(a.lastUsed.Load(), b.lastUsed.Load()) })
 	for _, e := range cands {
 		s.mu.Lock()
-		whole := removableLocked(e)
-		if whole {
-			s.removeLocked(e)
-		}
+		inactive := removableLocked(e)
 		s.mu.Unlock()
-		if whole {
-			e.pool.Close()
-			s.c.budget.evictPools.Add(1)
-			s.c.log("tenantpg: idle pool evicted for the connection budget", "target", e.target)
-			return true
+		if !inactive && !starving {
+			if mine := self.open.Load(); mine != 0 && mine+1 >= e.open.Load() {
+				continue
+			}
 		}
 		idle := e.pool.AcquireAllIdle(context.Background())
 		if len(idle) == 0 {
@@ -257,6 +270,19 @@ func (s *poolSet) evictOne(self *poolEntry) bool {
 		_ = victim.Close(ctx)
 		cancel()
 		s.c.budget.evictConns.Add(1)
+		if inactive && e.open.Load() == 0 {
+			s.mu.Lock()
+			closeIt := removableLocked(e) && e.open.Load() == 0
+			if closeIt {
+				s.removeLocked(e)
+			}
+			s.mu.Unlock()
+			if closeIt {
+				e.pool.Close()
+				s.c.budget.evictPools.Add(1)
+				s.c.log("tenantpg: idle pool closed for the connection budget", "target", e.target)
+			}
+		}
 		return true
 	}
 	return false

@@ -12,30 +12,44 @@ import (
 // rejection reports whether err is a server's or pooler's refusal of the
 // tenant itself (rather than an outage): an unknown Supavisor tenant, an
 // unknown PgBouncer alias or user, or a PostgreSQL database or role that does
-// not exist or may not log in.
+// not exist or may not log in. Only a FATAL error of the login itself counts
+// (a *pgconn.ConnectError); errors of hooks run after login do not.
 func rejection(err error) (*pgconn.PgError, bool) {
-	var pe *pgconn.PgError
-	if !errors.As(err, &pe) {
+	var ce *pgconn.ConnectError
+	if !errors.As(err, &ce) {
 		return nil, false
+	}
+	var pe *pgconn.PgError
+	if !errors.As(ce, &pe) {
+		return nil, false
+	}
+	return pe, isRejection(pe)
+}
+
+// isRejection classifies a login error by severity, SQLSTATE and, for the
+// poolers' generic codes, message.
+func isRejection(pe *pgconn.PgError) bool {
+	if pe.Severity != "FATAL" {
+		return false
 	}
 	switch pe.Code {
 	case "3D000", // invalid_catalog_name: database does not exist
 		"28000", // invalid_authorization_specification: role does not exist, no pg_hba entry
 		"28P01", // invalid_password
 		"42501": // insufficient_privilege: no CONNECT on the database
-		return pe, true
+		return true
 	case "XX000": // Supavisor
-		return pe, strings.Contains(pe.Message, "(ENOTFOUND)") ||
+		return strings.Contains(pe.Message, "(ENOTFOUND)") ||
 			strings.Contains(pe.Message, "Tenant or user not found") ||
 			strings.Contains(pe.Message, "(ENOIDENTIFIER)")
 	case "08P01": // PgBouncer
 		m := pe.Message
-		return pe, strings.HasPrefix(m, "no such database") ||
+		return strings.HasPrefix(m, "no such database") ||
 			strings.HasPrefix(m, "no such user") ||
 			strings.Contains(m, "authentication failed") ||
 			(strings.HasPrefix(m, "database ") && strings.HasSuffix(m, "does not exist"))
 	}
-	return pe, false
+	return false
 }
 
 // rejectCache remembers rejected tenants for a while so that a typo or an

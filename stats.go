@@ -16,6 +16,7 @@ type Stats struct {
 	MaxConns     int   // tenant_max_conns; 0 means no cap
 	OpenConns    int   // physical connections open now, across all pools
 	PeakConns    int   // highest OpenConns seen
+	Reserved     int   // slots granted to connects that have not dialed yet
 	Dials        int64 // physical connections dialed
 	BudgetWaits  int64 // connects that waited for a budget slot
 	BudgetWait   time.Duration
@@ -37,6 +38,7 @@ type PoolStats struct {
 	Target     string   // user@host:port/database (no password)
 	Tenants    []string // sorted
 	OpenConns  int      // physical connections of this pool
+	Dials      int64    // physical connections this pool opened
 	Created    time.Time
 	LastUsed   time.Time
 	Rejections int64
@@ -46,7 +48,14 @@ type PoolStats struct {
 // Stats returns a snapshot of the Connector.
 func (c *Connector) Stats() Stats {
 	b := c.budget
+	b.mu.Lock()
+	reserved := b.used - int(b.open.Load())
+	b.mu.Unlock()
+	if b.max == 0 {
+		reserved = 0
+	}
 	st := Stats{
+		Reserved:     reserved,
 		MaxConns:     b.max,
 		OpenConns:    int(b.open.Load()),
 		PeakConns:    int(b.peak.Load()),
@@ -68,6 +77,7 @@ func (c *Connector) Stats() Stats {
 			Target:     s.e.target,
 			Tenants:    s.tenants,
 			OpenConns:  int(s.e.open.Load()),
+			Dials:      s.e.dials.Load(),
 			Created:    s.e.created,
 			LastUsed:   time.Unix(0, s.e.lastUsed.Load()),
 			Rejections: s.e.rejections.Load(),

@@ -18,9 +18,12 @@ const maxIdentLen = 63
 // identity is what a tenant's connections must report.
 type identity struct {
 	user, database string
-	searchPath     string // "" when not rewritten
-	setting        string // setting name, "" when none
-	settingValue   string
+	// poolerUser is the role a login of the form "<role>.<tenant>" maps to
+	// behind Supavisor, which logs in upstream as <role>; "" otherwise.
+	poolerUser   string
+	searchPath   string // "" when not rewritten
+	setting      string // setting name, "" when none
+	settingValue string
 }
 
 // resolve builds the pool configuration of a tenant: templates first, then
@@ -69,6 +72,9 @@ func (s *settings) resolve(ctx context.Context, tenant string) (*pgxpool.Config,
 		return nil, identity{}, err
 	}
 	id := identity{user: cc.User, database: cc.Database, searchPath: cc.RuntimeParams["search_path"]}
+	if s.user != nil && strings.HasSuffix(s.user.src, ".{tenant}") && cc.User == s.user.expand(s.baseUser, s.baseDB, tenant) {
+		id.poolerUser = strings.TrimSuffix(cc.User, "."+tenant)
+	}
 	if s.cfg.Setting != "" {
 		id.setting, id.settingValue = s.cfg.Setting, cc.RuntimeParams[s.cfg.Setting]
 	}
@@ -89,16 +95,16 @@ func checkIdent(tenant, what, name string) error {
 	return nil
 }
 
-// targetKey identifies where a pool config connects and as whom. Tenants
-// whose configs have the same key share one pool.
+// targetKey identifies where a pool config connects and as whom. With
+// Config.SharePools, tenants whose configs have the same key share one pool.
 func targetKey(pc *pgxpool.Config) string {
 	cc := pc.ConnConfig
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s|%d|%s|%s|%s|%d|%d|%d", cc.Host, cc.Port, cc.User, cc.Password, cc.Database,
-		cc.DefaultQueryExecMode, pc.MaxConns, cc.ConnectTimeout)
+	fmt.Fprintf(&b, "%q|%d|%q|%q|%q|%d|%d|%d|%d|%d|%d", cc.Host, cc.Port, cc.User, cc.Password, cc.Database,
+		cc.DefaultQueryExecMode, pc.MaxConns, pc.MinConns, pc.MinIdleConns, cc.ConnectTimeout, pc.MaxConnLifetime)
 	writeTLSKey(&b, cc.TLSConfig)
 	for _, fb := range cc.Fallbacks {
-		fmt.Fprintf(&b, "|fb:%s:%d", fb.Host, fb.Port)
+		fmt.Fprintf(&b, "|fb:%q:%d", fb.Host, fb.Port)
 		writeTLSKey(&b, fb.TLSConfig)
 	}
 	keys := make([]string, 0, len(cc.RuntimeParams))
@@ -121,7 +127,7 @@ func writeTLSKey(b *strings.Builder, t *tls.Config) {
 		b.WriteString("|notls")
 		return
 	}
-	fmt.Fprintf(b, "|tls:%s:%t:%p", t.ServerName, t.InsecureSkipVerify, t.RootCAs)
+	fmt.Fprintf(b, "|tls:%q:%t:%p", t.ServerName, t.InsecureSkipVerify, t.RootCAs)
 	if len(t.Certificates) > 0 {
 		fmt.Fprintf(b, ":%p", &t.Certificates[0])
 	}

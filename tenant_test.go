@@ -74,7 +74,7 @@ func TestResolveNameLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pc.ConnConfig.User != "app.acme" || pc.ConnConfig.Database != "db_acme" || id.user != "app.acme" {
+	if pc.ConnConfig.User != "app.acme" || pc.ConnConfig.Database != "db_acme" || id.user != "app.acme" || id.poolerUser != "app" {
 		t.Fatalf("resolved %s/%s", pc.ConnConfig.User, pc.ConnConfig.Database)
 	}
 	if cfg.Pool.ConnConfig.User != "app" {

@@ -9,8 +9,11 @@ import (
 // noTenantConn is what Connect returns for a context without a tenant. It
 // holds no server connection. Ping succeeds while the connector is open (or
 // pings tenant_ping's pool when configured); everything else fails with
-// ErrNoTenant. database/sql may keep it idle; it is never handed to a caller
-// that has a tenant, because ResetSession refuses such a caller.
+// ErrNoTenant. database/sql may keep it idle; ResetSession refuses to hand it
+// to a caller that has a tenant. Only database/sql's background opener, which
+// runs when SetMaxOpenConns is set and callers queue, skips ResetSession: such
+// a caller then gets ErrNoTenant from every operation, Ping included. That is
+// why tenantpg's limits replace SetMaxOpenConns.
 type noTenantConn struct {
 	c *Connector
 }
@@ -29,6 +32,11 @@ var (
 func (n *noTenantConn) Ping(ctx context.Context) error {
 	if n.c.closed.Load() {
 		return ErrClosed
+	}
+	if _, ok := TenantFromContext(ctx); ok {
+		// Handed to a caller with a tenant without ResetSession (database/sql's
+		// background opener, with SetMaxOpenConns): do not claim success.
+		return ErrNoTenant
 	}
 	t := n.c.settings.cfg.PingTenant
 	if t == "" {

@@ -9,15 +9,17 @@ import (
 )
 
 // releaseTracer hands connections to budget waiters. pgxpool calls
-// TraceRelease before it decides to keep a released connection; when callers
-// wait for a slot, closing the connection there makes pgxpool drop it, its
-// socket returns the slot and the longest waiter gets it. Without this a hot
-// tenant's released connections would go straight to its own next acquirer
-// and other tenants would starve. It forwards every pgx tracer call to the
+// TraceRelease before it decides to keep a released connection; when a
+// tenant with fewer connections waits for a slot (see budget.shouldYield),
+// closing the connection there makes pgxpool drop it, its socket returns the
+// slot and that waiter gets it. Without this a hot tenant's released
+// connections would go straight to its own next acquirer and other tenants
+// would starve. It forwards every pgx tracer call to the
 // user's tracer, if any.
 type releaseTracer struct {
 	inner pgx.QueryTracer
 	b     *budget
+	e     *poolEntry
 }
 
 var (
@@ -34,7 +36,7 @@ func (t *releaseTracer) TraceRelease(pool *pgxpool.Pool, data pgxpool.TraceRelea
 	if r, ok := t.inner.(pgxpool.ReleaseTracer); ok {
 		r.TraceRelease(pool, data)
 	}
-	if t.b.waiting.Load() > 0 && !data.Conn.IsClosed() {
+	if !data.Conn.IsClosed() && t.b.shouldYield(t.e) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = data.Conn.Close(ctx)
 		cancel()

@@ -68,10 +68,15 @@ func TestBudgetCapsPhysicalConnections(t *testing.T) {
 	})
 	close(stop)
 	samples := <-samplesCh
-	if errs != 0 {
-		t.Fatalf("%d of %d queries failed", errs, ops)
-	}
 	st := c.Stats()
+	if errs != 0 {
+		for _, p := range st.Pools {
+			if p.OpenConns > 0 {
+				t.Logf("pool %v: open %d, acquired %d, idle %d, constructing %d", p.Tenants, p.OpenConns, p.Pool.AcquiredConns(), p.Pool.IdleConns(), p.Pool.ConstructingConns())
+			}
+		}
+		t.Fatalf("%d of %d queries failed; open %d reserved %d waiting %d", errs, ops, st.OpenConns, st.Reserved, st.Waiting)
+	}
 	if st.PeakConns > budget {
 		t.Fatalf("tenantpg held %d connections, budget %d", st.PeakConns, budget)
 	}

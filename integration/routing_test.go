@@ -10,7 +10,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/tenantpg/tenantpg"
@@ -26,7 +28,8 @@ func hammer(t *testing.T, ids []string, workers, ops int, op func(ctx context.Co
 	var firstMu sync.Mutex
 	var first []error
 	var wg sync.WaitGroup
-	base := testCtx(t)
+	base, cancel := context.WithTimeout(context.Background(), hammerTimeout)
+	defer cancel()
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
@@ -54,6 +57,9 @@ func hammer(t *testing.T, ids []string, workers, ops int, op func(ctx context.Co
 	}
 	return failures.Load()
 }
+
+// hammerTimeout bounds every operation of hammer.
+var hammerTimeout = 60 * time.Second
 
 func TestBouncerUserRouting(t *testing.T) {
 	env := pgtest.Shared(t)
@@ -307,3 +313,37 @@ func TestColdTenantBurstCreatesOnePool(t *testing.T) {
 }
 
 var _ = sql.ErrNoRows
+
+func TestHookErrorsAreNotRejections(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	cfg, err := tenantpg.ParseConfig(withParams(env.DirectURL(env.AppUser, env.AppDatabase), "tenant_user={user}.{tenant}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int64
+	cfg.Resolve = func(_ context.Context, _ string, pc *pgxpool.Config) error {
+		pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+			calls.Add(1)
+			_, err := c.Exec(ctx, "set role nosuchrole")
+			return err
+		}
+		return nil
+	}
+	db, err := tenantpg.OpenDB(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	for i := 0; i < 3; i++ {
+		_, err := db.ExecContext(ctx, "select 1")
+		var pe *pgconn.PgError
+		if err == nil || errors.Is(err, tenantpg.ErrTenantRejected) || !errors.As(err, &pe) {
+			t.Fatalf("attempt %d: %v, want the hook's error, not a rejection", i, err)
+		}
+	}
+	if calls.Load() != 3 {
+		t.Fatalf("hook ran %d times, want 3 (no negative caching)", calls.Load())
+	}
+}
