@@ -85,16 +85,32 @@
 // # Budget, idle pools, rejected tenants
 //
 // tenant_max_conns caps physical connections across all pools. When it is
-// full, a new connection first evicts an idle connection, or a whole idle
-// pool, of the least recently used tenant, then waits for a slot (slots go to
-// the longest waiter; while anyone waits, released connections are closed
-// rather than kept, so one busy tenant cannot starve the others), bounded by
-// the caller's context, then fails with a *BudgetError. Pools unused for
-// tenant_pool_idle are closed. A tenant the pooler or server rejects (unknown
-// Supavisor tenant, unknown PgBouncer alias, missing database or role, bad
-// password) gets a *RejectedError wrapping the server's *pgconn.PgError, and
-// further requests for it fail from a negative cache for tenant_reject_ttl
-// without dialing.
+// full, a new connection first evicts an idle connection of the least
+// recently used tenant (closing its pool once empty and unused); otherwise
+// the caller waits in Connect, bounded by its context, and fails with a
+// *BudgetError. Fairness: a freed slot goes to the waiting tenant with the
+// fewest connections, and while a tenant with at least two fewer (or none)
+// waits, connections released by bigger tenants are closed rather than kept,
+// so one busy tenant cannot starve the others. Pools unused for
+// tenant_pool_idle are closed. A tenant the pooler or server rejects at login
+// (unknown Supavisor tenant, unknown PgBouncer alias, missing database or
+// role, bad password) gets a *RejectedError wrapping the server's
+// *pgconn.PgError, and further requests for it fail from a negative cache for
+// tenant_reject_ttl without dialing; only one connection attempt at a time
+// reaches a pool that has never connected.
+//
+// # Limits of database/sql
+//
+// Do not use db.SetMaxOpenConns: database/sql then opens connections for
+// queued callers in the background with a context that has no tenant, and
+// those callers get ErrNoTenant. Use tenant_max_conns and pool_max_conns
+// instead. With database/sql's idle pool on, idle connections it keeps hold
+// budget slots and keep their pools from being reaped; OpenDB turns it off.
+// Named prepared statements (db.Prepare, GORM PrepareStmt, sqlx Preparex)
+// need a direct route or a pooler that supports them (PgBouncer 1.21 or
+// later with max_prepared_statements, Supavisor with named prepared
+// statements enabled); each *sql.Stmt execution prepares on the checked-out
+// connection.
 //
 // Stats and per-tenant pools are reachable from a *sql.DB with DBStats,
 // ConnectorOf and Pool.
