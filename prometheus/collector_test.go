@@ -456,3 +456,14 @@ type dummyConnector struct{}
 
 func (dummyConnector) Connect(context.Context) (driver.Conn, error) { return nil, errors.New("no") }
 func (dummyConnector) Driver() driver.Driver                        { return nil }
+
+// labelNames returns the sorted label names of a series key of seriesOf.
+func labelNames(key string) string {
+	var names []string
+	for _, l := range strings.Split(key, "|") {
+		name, _, _ := strings.Cut(l, "=")
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ",")
+}
