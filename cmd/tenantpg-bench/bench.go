@@ -1,0 +1,548 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/tenantpg/tenantpg"
+	"github.com/tenantpg/tenantpg/internal/pgtest"
+)
+
+type bench struct {
+	env *pgtest.Env
+	o   options
+
+	mu        sync.Mutex
+	super     *pgx.Conn // counts server connections
+	chartData *chart
+}
+
+func newBench(ctx context.Context, env *pgtest.Env, o options) (*bench, error) {
+	super, err := pgx.Connect(ctx, env.DirectURL(env.SuperUser, "postgres"))
+	if err != nil {
+		return nil, err
+	}
+	return &bench{env: env, o: o, super: super}, nil
+}
+
+func (b *bench) close() { b.super.Close(context.Background()) }
+
+// serverConns counts the backends of the app roles.
+func (b *bench) serverConns(ctx context.Context) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int
+	err := b.super.QueryRow(ctx, `select count(*) from pg_stat_activity
+		where backend_type = 'client backend' and usename like 'app%'`).Scan(&n)
+	return n, err
+}
+
+// waitServerConns waits until the app backends are gone, so that one
+// contender's leftovers do not count against the next.
+func (b *bench) waitServerConns(ctx context.Context, atMost int) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if n, err := b.serverConns(ctx); err == nil && n <= atMost {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func mustOpenDB(dsn string) *sql.DB {
+	cfg, err := tenantpg.ParseConfig(dsn)
+	if err != nil {
+		panic(err)
+	}
+	db, err := tenantpg.OpenDB(cfg)
+	if err != nil {
+		panic(err)
+	}
+	return db
+}
+
+func queryInt(ctx context.Context, db *sql.DB, i int) error {
+	var n int
+	if err := db.QueryRowContext(ctx, "select $1::int", i).Scan(&n); err != nil {
+		return err
+	}
+	if n != i {
+		return fmt.Errorf("select $1 returned %d for %d", n, i)
+	}
+	return nil
+}
+
+// checkSetting runs the tenant query of the many-tenant scenarios: the
+// session's app.tenant_id must be the tenant's.
+func checkSetting(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, tenant string) error {
+	var got string
+	if err := q.QueryRowContext(ctx, "select current_setting('app.tenant_id')").Scan(&got); err != nil {
+		return err
+	}
+	if got != tenant {
+		return fmt.Errorf("tenant %s got setting %q", tenant, got)
+	}
+	return nil
+}
+
+// single: one tenant, the same exec mode and pool size for every contender.
+func (b *bench) single(ctx context.Context, r *report) error {
+	env := b.env
+	routes := []struct{ name, url, mode string }{
+		{"direct", env.DirectURL(env.AppUser, env.AppDatabase), "cache_statement"},
+		{"PgBouncer", env.BouncerURL(env.AppUser, env.AppDatabase), "exec"},
+	}
+	r.section("1. One tenant: tenantpg against database/sql and pgx pools",
+		"`QueryRow(\"select $1::int\")`, tenant t01 (login app.t01), pool size 8 for every contender, same exec mode per route. "+
+			"`tenantpg` is `OpenDB` (database/sql's idle pool off); `tenantpg+idle` adds `db.SetMaxIdleConns(8)`, "+
+			"which lets database/sql reuse a connection for the same tenant (the ResetSession check refuses other tenants). "+
+			"Ratios are against `stdlib.OpenDB`.")
+	for _, rt := range routes {
+		base := withParams(rt.url, "default_query_exec_mode="+rt.mode, "pool_max_conns=8")
+		for _, workers := range []int{1, 8} {
+			tctx := tenantpg.WithTenant(ctx, "t01")
+			tp := mustOpenDB(withParams(base, "tenant_user={user}.{tenant}"))
+			tpIdle := mustOpenDB(withParams(base, "tenant_user={user}.{tenant}"))
+			tpIdle.SetMaxIdleConns(8)
+			cc, err := pgx.ParseConfig(withParams(rt.url, "default_query_exec_mode="+rt.mode, "user=app.t01"))
+			if err != nil {
+				return err
+			}
+			sdb := stdlib.OpenDB(*cc)
+			sdb.SetMaxOpenConns(8)
+			sdb.SetMaxIdleConns(8)
+			pool, err := pgxpool.New(ctx, withParams(base, "user=app.t01"))
+			if err != nil {
+				return err
+			}
+			fromPool := stdlib.OpenDBFromPool(pool)
+			native, err := pgxpool.New(ctx, withParams(base, "user=app.t01"))
+			if err != nil {
+				return err
+			}
+			cs := []contender{
+				{name: "stdlib.OpenDB", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, sdb, i) }},
+				{name: "tenantpg", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tp, i) }},
+				{name: "tenantpg+idle", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tpIdle, i) }},
+				{name: "stdlib.OpenDBFromPool", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, fromPool, i) }},
+				{name: "pgxpool (native)", op: func(ctx context.Context, _, i int) error {
+					var n int
+					if err := native.QueryRow(ctx, "select $1::int", i).Scan(&n); err != nil {
+						return err
+					}
+					if n != i {
+						return fmt.Errorf("got %d", n)
+					}
+					return nil
+				}},
+			}
+			res := interleave(ctx, cs, b.o.rounds, workers, b.o.duration, nil)
+			r.throughputTable(fmt.Sprintf("%s, %s, %d worker(s)", rt.name, rt.mode, workers), res, "stdlib.OpenDB", false)
+			tp.Close()
+			tpIdle.Close()
+			sdb.Close()
+			fromPool.Close()
+			pool.Close()
+			native.Close()
+		}
+	}
+	return nil
+}
+
+// settingURL is the many-tenant route: one login, the tenant in the
+// app.tenant_id startup parameter, so that any number of tenants needs no
+// provisioning.
+func (b *bench) settingURL() string {
+	return withParams(b.env.DirectURL(b.env.AppUser, b.env.AppDatabase), "tenant_setting=app.tenant_id")
+}
+
+func tenantIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("x%05d", i)
+	}
+	return ids
+}
+
+// manyContenders builds tenantpg, a map of *sql.DB and a connection per
+// query over ids, each with at most perTenant connections per tenant.
+func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, budget int, idle bool) ([]contender, error) {
+	dsn := withParams(b.settingURL(), fmt.Sprintf("pool_max_conns=%d", perTenant))
+	if budget > 0 {
+		dsn = withParams(dsn, fmt.Sprintf("tenant_max_conns=%d", budget))
+	}
+	tp := mustOpenDB(dsn)
+	var tpIdle *sql.DB
+	if idle {
+		tpIdle = mustOpenDB(dsn)
+		tpIdle.SetMaxIdleConns(16)
+	}
+	base, err := pgx.ParseConfig(b.env.DirectURL(b.env.AppUser, b.env.AppDatabase))
+	if err != nil {
+		return nil, err
+	}
+	dbs := make(map[string]*sql.DB, len(ids))
+	for _, id := range ids {
+		cc := base.Copy()
+		cc.RuntimeParams["app.tenant_id"] = id
+		db := stdlib.OpenDB(*cc)
+		db.SetMaxOpenConns(perTenant)
+		db.SetMaxIdleConns(perTenant)
+		dbs[id] = db
+	}
+	pick := func(w, i int) string { return ids[rand.IntN(len(ids))] }
+	cs := []contender{
+		{name: "map of *sql.DB", op: func(ctx context.Context, w, i int) error {
+			t := pick(w, i)
+			return checkSetting(ctx, dbs[t], t)
+		}, close: func() {
+			for _, db := range dbs {
+				db.Close()
+			}
+		}},
+		{name: "tenantpg", op: func(ctx context.Context, w, i int) error {
+			t := pick(w, i)
+			return checkSetting(tenantpg.WithTenant(ctx, t), tp, t)
+		}, close: func() { tp.Close() }},
+	}
+	if idle {
+		cs = append(cs, contender{name: "tenantpg+idle", op: func(ctx context.Context, w, i int) error {
+			t := pick(w, i)
+			return checkSetting(tenantpg.WithTenant(ctx, t), tpIdle, t)
+		}, close: func() { tpIdle.Close() }})
+	}
+	cs = append(cs, contender{name: "connection per query", op: func(ctx context.Context, w, i int) error {
+		t := pick(w, i)
+		cc := base.Copy()
+		cc.RuntimeParams["app.tenant_id"] = t
+		conn, err := pgx.ConnectConfig(ctx, cc)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		var got string
+		if err := conn.QueryRow(ctx, "select current_setting('app.tenant_id')").Scan(&got); err != nil {
+			return err
+		}
+		if got != t {
+			return fmt.Errorf("got %q", got)
+		}
+		return nil
+	}})
+	return cs, nil
+}
+
+// many: 100 tenants, a random tenant per query.
+func (b *bench) many(ctx context.Context, r *report) error {
+	ids := tenantIDs(100)
+	cs, err := b.manyContenders(ctx, ids, 2, 0, true)
+	if err != nil {
+		return err
+	}
+	defer closeAll(cs)
+	r.section("2. 100 tenants, a random tenant per query",
+		"8 workers; every query checks that `current_setting('app.tenant_id')` is its tenant's. "+
+			"Per-tenant limit 2 connections for tenantpg (`pool_max_conns=2`) and the map of `*sql.DB` (`SetMaxOpenConns(2)`, `SetMaxIdleConns(2)`); "+
+			"the connection-per-query approach opens and closes a pgx connection for every query. "+
+			"Server connections are the peak of `pg_stat_activity` during the runs. Ratios are against the map.")
+	res := interleave(ctx, cs, b.o.rounds, 8, b.o.duration, b.serverConns)
+	r.throughputTable("100 tenants, 8 workers", res, "map of *sql.DB", true)
+	return nil
+}
+
+func closeAll(cs []contender) {
+	for _, c := range cs {
+		if c.close != nil {
+			c.close()
+		}
+	}
+}
+
+// huge: 10,000 tenants round-robin under a budget of 32.
+func (b *bench) huge(ctx context.Context, r *report) error {
+	n := 10000
+	if b.o.quick {
+		n = 1000
+	}
+	const budget, workers = 32, 16
+	ids := tenantIDs(n)
+	b.waitServerConns(ctx, 0)
+	dsn := withParams(b.settingURL(), fmt.Sprintf("tenant_max_conns=%d", budget), "pool_max_conns=2", "tenant_pool_idle=2s")
+	before := heapInUse()
+	db := mustOpenDB(dsn)
+	defer db.Close()
+	var next int64
+	var mu sync.Mutex
+	peakHeap := before
+	stop := make(chan struct{})
+	heapDone := make(chan struct{})
+	go func() {
+		defer close(heapDone)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if h := heapInUse(); h > peakHeap {
+					peakHeap = h
+				}
+			}
+		}
+	}()
+	c := contender{name: "tenantpg", op: func(ctx context.Context, w, i int) error {
+		mu.Lock()
+		k := next
+		next++
+		mu.Unlock()
+		t := ids[k%int64(len(ids))]
+		return checkSetting(tenantpg.WithTenant(ctx, t), db, t)
+	}}
+	// Run until every tenant was served once.
+	res := runUntil(ctx, c, workers, func() bool { mu.Lock(); defer mu.Unlock(); return next >= int64(len(ids)) }, b.serverConns)
+	close(stop)
+	<-heapDone
+	st, err := tenantpg.DBStats(db)
+	if err != nil {
+		return err
+	}
+	during := peakHeap
+	// Wait for the reaper.
+	reapStart := time.Now()
+	for time.Since(reapStart) < 30*time.Second {
+		s, _ := tenantpg.DBStats(db)
+		if len(s.Pools) == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	reapTook := time.Since(reapStart)
+	after := heapInUse()
+	stAfter, _ := tenantpg.DBStats(db)
+	r.section(fmt.Sprintf("3. %d tenants round-robin, budget %d", n, budget),
+		fmt.Sprintf("%d workers, each query for the next tenant in turn (so nearly every query needs a connection its tenant does not have), "+
+			"`tenant_max_conns=%d`, `pool_max_conns=2`, `tenant_pool_idle=2s`. Heap is `runtime.MemStats.HeapInuse` after a GC.", workers, budget))
+	r.printf("| figure | value |\n|---|---|\n")
+	r.printf("| queries | %d (%d errors%s) |\n", res.ops, res.errs, errNote(res.firstErr))
+	r.printf("| throughput | %.0f queries/s |\n", res.opsPerSec)
+	r.printf("| latency p50 / p99 | %s / %s |\n", round(res.p50), round(res.p99))
+	r.printf("| peak connections held by tenantpg | %d (budget %d) |\n", st.PeakConns, budget)
+	r.printf("| peak server backends (pg_stat_activity) | %d |\n", res.peakServer)
+	r.printf("| physical connections opened | %d |\n", st.Dials)
+	r.printf("| budget waits / errors | %d / %d |\n", st.BudgetWaits, st.BudgetErrors)
+	r.printf("| pools created / evicted for the budget / reaped | %d / %d / %d |\n", st.PoolsCreated, st.EvictedPools, stAfter.PoolsReaped)
+	r.printf("| heap before / peak during / after reaping | %s / %s / %s (after/before = %.2f) |\n",
+		mib(before), mib(during), mib(after), float64(after)/float64(before))
+	r.printf("| pools left after reaping (%s) | %d |\n\n", round(reapTook), len(stAfter.Pools))
+	r.huge = &hugeResult{errs: res.errs, peakConns: st.PeakConns, peakServer: res.peakServer, budget: budget,
+		memRatio: float64(after) / float64(before)}
+	return nil
+}
+
+// runUntil runs c until done reports true.
+func runUntil(ctx context.Context, c contender, workers int, done func() bool, count sampler) runResult {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for !done() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+	}()
+	return runOnce(ctx, contender{name: c.name, op: func(ctx context.Context, w, i int) error {
+		if cctx.Err() != nil {
+			time.Sleep(time.Millisecond)
+			return nil
+		}
+		return c.op(ctx, w, i)
+	}}, workers, time.Hour, count)
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	debug.FreeOSMemory()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// cold: the first query of a tenant against its second.
+func (b *bench) cold(ctx context.Context, r *report) error {
+	n := 100
+	if b.o.quick {
+		n = 20
+	}
+	db := mustOpenDB(b.settingURL())
+	defer db.Close()
+	var cold, warm []time.Duration
+	for i, t := range tenantIDs(n) {
+		t = fmt.Sprintf("c%s-%d", t, i)
+		tctx := tenantpg.WithTenant(ctx, t)
+		t0 := time.Now()
+		if err := checkSetting(tctx, db, t); err != nil {
+			return err
+		}
+		cold = append(cold, time.Since(t0))
+		t0 = time.Now()
+		if err := checkSetting(tctx, db, t); err != nil {
+			return err
+		}
+		warm = append(warm, time.Since(t0))
+	}
+	r.section("4. Cold tenant",
+		fmt.Sprintf("%d new tenants one after another; the first query of each resolves the tenant, creates its pool, dials, "+
+			"authenticates (SCRAM), runs the identity check and then the query; the second query reuses the connection.", n))
+	r.printf("| query | p50 | p99 |\n|---|---|---|\n")
+	r.printf("| first (cold) | %s | %s |\n", round(percentile(cold, .5)), round(percentile(cold, .99)))
+	r.printf("| second (warm) | %s | %s |\n", round(percentile(warm, .5)), round(percentile(warm, .99)))
+	r.printf("\nCold/warm at the median: %.1fx.\n\n", float64(percentile(cold, .5))/float64(percentile(warm, .5)))
+	return nil
+}
+
+// checkout: Go benchmarks of one checkout (db.Conn + Close) and one QueryRow,
+// tenantpg against stdlib.OpenDBFromPool on the same server.
+func (b *bench) checkout(ctx context.Context, r *report) error {
+	env := b.env
+	url := withParams(env.DirectURL(env.AppUser, env.AppDatabase), "pool_max_conns=8", "default_query_exec_mode=cache_statement")
+	tctx := tenantpg.WithTenant(ctx, "t01")
+	tp := mustOpenDB(withParams(url, "tenant_user={user}.{tenant}"))
+	defer tp.Close()
+	tpBudget := mustOpenDB(withParams(url, "tenant_user={user}.{tenant}", "tenant_max_conns=64"))
+	defer tpBudget.Close()
+	pool, err := pgxpool.New(ctx, withParams(url, "user=app.t01"))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	fp := stdlib.OpenDBFromPool(pool)
+	defer fp.Close()
+	type cand struct {
+		name string
+		db   *sql.DB
+		ctx  context.Context
+	}
+	cands := []cand{{"stdlib.OpenDBFromPool", fp, ctx}, {"tenantpg", tp, tctx}, {"tenantpg, with budget", tpBudget, tctx}}
+	type acc struct{ ns, allocs, qns, qallocs []float64 }
+	accs := make([]acc, len(cands))
+	rounds := b.o.rounds
+	for round := 0; round < rounds; round++ {
+		for k := range cands {
+			i := (k + round) % len(cands)
+			c := cands[i]
+			res := testing.Benchmark(func(tb *testing.B) {
+				tb.ReportAllocs()
+				for tb.Loop() {
+					conn, err := c.db.Conn(c.ctx)
+					if err != nil {
+						tb.Fatal(err)
+					}
+					conn.Close()
+				}
+			})
+			accs[i].ns = append(accs[i].ns, float64(res.NsPerOp()))
+			accs[i].allocs = append(accs[i].allocs, float64(res.AllocsPerOp()))
+			res = testing.Benchmark(func(tb *testing.B) {
+				tb.ReportAllocs()
+				for j := 0; tb.Loop(); j++ {
+					if err := queryInt(c.ctx, c.db, j); err != nil {
+						tb.Fatal(err)
+					}
+				}
+			})
+			accs[i].qns = append(accs[i].qns, float64(res.NsPerOp()))
+			accs[i].qallocs = append(accs[i].qallocs, float64(res.AllocsPerOp()))
+		}
+	}
+	r.section("5. Routing cost per checkout (Go benchmarks)",
+		fmt.Sprintf("`testing.Benchmark` in-process, %d interleaved rounds, medians. Checkout is `db.Conn(ctx)` + `Close()` with no query; "+
+			"QueryRow is `select $1::int` direct in `cache_statement` mode. The difference to `stdlib.OpenDBFromPool` is what routing costs.", rounds))
+	r.printf("| contender | checkout ns/op | allocs/op | over OpenDBFromPool | QueryRow ns/op | allocs/op |\n|---|---|---|---|---|---|\n")
+	base := median(accs[0].ns)
+	baseAllocs := median(accs[0].allocs)
+	for i, c := range cands {
+		ns, al := median(accs[i].ns), median(accs[i].allocs)
+		over := ""
+		if i > 0 {
+			over = fmt.Sprintf("%+.0f ns, %+.0f allocs", ns-base, al-baseAllocs)
+			r.routing = append(r.routing, routingResult{name: c.name, overNs: ns - base, overAllocs: al - baseAllocs})
+		}
+		r.printf("| %s | %.0f | %.0f | %s | %.0f | %.0f |\n", c.name, ns, al, over, median(accs[i].qns), median(accs[i].qallocs))
+	}
+	r.printf("\n")
+	return nil
+}
+
+// chart: throughput against the number of tenants.
+func (b *bench) chart(ctx context.Context, r *report) error {
+	counts := []int{1, 10, 100, 1000}
+	rounds, dur := 3, b.o.duration
+	if b.o.quick {
+		rounds = 1
+	}
+	ch := &chart{title: "Throughput against tenant count (8 workers, random tenant per query)", xs: counts}
+	r.section("6. Throughput against tenant count",
+		"8 workers, a random tenant per query, per-tenant limit 2 connections; tenantpg with `tenant_max_conns=64`. "+
+			"The map of `*sql.DB` has no global cap: with many tenants it runs into the server's `max_connections` (300 here). "+
+			"Chart: `benchmarks.svg`.")
+	r.printf("| tenants | contender | queries/s | errors | peak server connections |\n|---|---|---|---|---|\n")
+	series := map[string][]float64{}
+	var order []string
+	for _, n := range counts {
+		b.waitServerConns(ctx, 0)
+		cs, err := b.manyContenders(ctx, tenantIDs(n), 2, 64, false)
+		if err != nil {
+			return err
+		}
+		res := interleave(ctx, cs, rounds, 8, dur, b.serverConns)
+		closeAll(cs)
+		for _, s := range res {
+			if _, ok := series[s.name]; !ok {
+				order = append(order, s.name)
+			}
+			series[s.name] = append(series[s.name], s.median)
+			r.printf("| %d | %s | %.0f | %d%s | %d |\n", n, s.name, s.median, s.errs, errNote(s.firstErr), s.peakServer)
+		}
+	}
+	for _, name := range order {
+		ch.series = append(ch.series, chartSeries{name: name, ys: series[name]})
+	}
+	b.chartData = ch
+	r.printf("\n")
+	fmt.Fprintln(os.Stderr, "chart done")
+	return nil
+}
+
+func withParams(url string, params ...string) string {
+	for _, p := range params {
+		sep := "?"
+		if containsByte(url, '?') {
+			sep = "&"
+		}
+		url += sep + p
+	}
+	return url
+}
+
+func containsByte(s string, c byte) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,114 @@
+// Command tenantpg-bench measures tenantpg against the alternatives users
+// have, on a throwaway PostgreSQL and PgBouncer (internal/pgtest). Every
+// comparison runs its contenders interleaved in the same process (A B C, B C
+// A, ...) so that machine noise falls on all of them, and reports medians and
+// ratios. It writes a Markdown report and an SVG chart.
+//
+//	make bench-report   (or: go run ./cmd/tenantpg-bench -out docs/benchmarks.md -svg docs/benchmarks.svg)
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/tenantpg/tenantpg/internal/pgtest"
+)
+
+type options struct {
+	rounds   int
+	duration time.Duration
+	quick    bool
+	only     string
+	out      string
+	svg      string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.rounds, "rounds", 5, "interleaved rounds per comparison")
+	flag.DurationVar(&o.duration, "duration", 2*time.Second, "duration of one contender's run in a round")
+	flag.BoolVar(&o.quick, "quick", false, "short runs (smoke test of the program)")
+	flag.StringVar(&o.only, "only", "", "comma separated scenarios to run: single,many,huge,cold,checkout,chart (default all)")
+	flag.StringVar(&o.out, "out", "", "write the Markdown report here (default stdout only)")
+	flag.StringVar(&o.svg, "svg", "", "write the throughput chart here")
+	flag.Parse()
+	if o.quick {
+		o.rounds, o.duration = 2, 300*time.Millisecond
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "tenantpg-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func (o options) want(s string) bool {
+	if o.only == "" {
+		return true
+	}
+	for _, x := range strings.Split(o.only, ",") {
+		if strings.TrimSpace(x) == s {
+			return true
+		}
+	}
+	return false
+}
+
+func run(o options) error {
+	ctx := context.Background()
+	fmt.Fprintln(os.Stderr, "starting throwaway PostgreSQL and PgBouncer ...")
+	env, err := pgtest.Start(ctx, pgtest.Options{Tenants: []string{"t01"}, PoolSize: 20,
+		BouncerSettings: map[string]string{"max_client_conn": "4000"}})
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	b, err := newBench(ctx, env, o)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+
+	r := &report{}
+	r.header(env, o)
+	steps := []struct {
+		name string
+		fn   func(context.Context, *report) error
+	}{
+		{"single", b.single},
+		{"many", b.many},
+		{"cold", b.cold},
+		{"checkout", b.checkout},
+		{"chart", b.chart},
+		{"huge", b.huge},
+	}
+	for _, s := range steps {
+		if !o.want(s.name) {
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "== %s\n", s.name)
+		if err := s.fn(ctx, r); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	fmt.Print(r.String())
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(r.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	if o.svg != "" && b.chartData != nil {
+		if err := os.WriteFile(o.svg, []byte(b.chartData.svg()), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func machine() string {
+	return fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
+}

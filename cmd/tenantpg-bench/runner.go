@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// contender is one approach in a comparison. op runs one unit of work for
+// worker w; i counts the worker's operations.
+type contender struct {
+	name  string
+	op    func(ctx context.Context, w, i int) error
+	close func()
+}
+
+// runResult is one contender's run in one round.
+type runResult struct {
+	ops, errs   int64
+	dur         time.Duration
+	lat         []time.Duration // sampled per-op latencies
+	peakServer  int
+	firstErr    error
+	opsPerSec   float64
+	p50, p99    time.Duration
+	serverKnown bool
+}
+
+// sampler counts server connections while a run goes on.
+type sampler func(ctx context.Context) (int, error)
+
+// runOnce runs c with workers goroutines for dur.
+func runOnce(ctx context.Context, c contender, workers int, dur time.Duration, count sampler) runResult {
+	var ops, errs atomic.Int64
+	var firstErr atomic.Value
+	lats := make([][]time.Duration, workers)
+	rctx, cancel := context.WithTimeout(ctx, dur)
+	defer cancel()
+	peak := 0
+	peakDone := make(chan struct{})
+	go func() {
+		defer close(peakDone)
+		if count == nil {
+			return
+		}
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+				if n, err := count(ctx); err == nil && n > peak {
+					peak = n
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; rctx.Err() == nil; i++ {
+				t0 := time.Now()
+				// Operations get the parent context: a run's end must not
+				// cancel a query halfway and count it as an error.
+				err := c.op(ctx, w, i)
+				d := time.Since(t0)
+				if err != nil {
+					if errs.Add(1) == 1 {
+						firstErr.Store(err)
+					}
+					continue
+				}
+				ops.Add(1)
+				if i%4 == 0 || len(lats[w]) < 256 {
+					lats[w] = append(lats[w], d)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	<-peakDone
+	r := runResult{ops: ops.Load(), errs: errs.Load(), dur: elapsed, peakServer: peak, serverKnown: count != nil}
+	if e, ok := firstErr.Load().(error); ok {
+		r.firstErr = e
+	}
+	for _, l := range lats {
+		r.lat = append(r.lat, l...)
+	}
+	r.opsPerSec = float64(r.ops) / elapsed.Seconds()
+	r.p50, r.p99 = percentile(r.lat, 0.50), percentile(r.lat, 0.99)
+	return r
+}
+
+// summary is a contender's results over all rounds.
+type summary struct {
+	name       string
+	rounds     []runResult
+	median     float64 // ops/s
+	p50, p99   time.Duration
+	errs       int64
+	peakServer int
+	firstErr   error
+}
+
+// interleave runs every contender once per round, rotating the order each
+// round, and summarises medians.
+func interleave(ctx context.Context, cs []contender, rounds, workers int, dur time.Duration, count sampler) []summary {
+	res := make([][]runResult, len(cs))
+	for r := 0; r < rounds; r++ {
+		for k := range cs {
+			i := (k + r) % len(cs)
+			res[i] = append(res[i], runOnce(ctx, cs[i], workers, dur, count))
+		}
+	}
+	out := make([]summary, len(cs))
+	for i, c := range cs {
+		s := summary{name: c.name, rounds: res[i]}
+		var tput []float64
+		var lat []time.Duration
+		for _, r := range res[i] {
+			tput = append(tput, r.opsPerSec)
+			lat = append(lat, r.lat...)
+			s.errs += r.errs
+			s.peakServer = max(s.peakServer, r.peakServer)
+			if s.firstErr == nil {
+				s.firstErr = r.firstErr
+			}
+		}
+		s.median = median(tput)
+		s.p50, s.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
+		out[i] = s
+	}
+	return out
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func percentile(xs []time.Duration, p float64) time.Duration {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(p * float64(len(s)-1))
+	return s[i]
+}
