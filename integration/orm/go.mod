@@ -7,6 +7,7 @@ replace github.com/tenantpg/tenantpg => ../..
 require (
 	entgo.io/ent v0.14.5
 	github.com/jackc/pgx/v5 v5.13.0
+	github.com/jmoiron/sqlx v1.4.0
 	github.com/tenantpg/tenantpg v0.0.0-00010101000000-000000000000
 	gorm.io/driver/postgres v1.6.3
 	gorm.io/gorm v1.31.2
