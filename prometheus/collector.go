@@ -47,9 +47,10 @@ var ErrInvalidOptions = errors.New("tenantpgprom: invalid options")
 // Options configures a Collector. The zero value is usable.
 type Options struct {
 	// TopN is how many tenants, the most active ones, get their own value
-	// of the tenant label; the rest are summed under OtherLabel. 0 means
-	// DefaultTopN; a negative value names no tenant (everything is summed
-	// under OtherLabel).
+	// of the tenant label; the rest are summed under OtherLabel. Activity
+	// is the tenant's pool acquires, decayed with HalfLife, plus its
+	// connections in use at the scrape. 0 means DefaultTopN; a negative
+	// value names no tenant (everything is summed under OtherLabel).
 	TopN int
 	// OtherLabel is the tenant label value of the pools outside the top N.
 	// Empty means OtherTenant ("__other__"). A tenant whose id equals it is
