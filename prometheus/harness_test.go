@@ -60,13 +60,18 @@ func openConnector(t *testing.T, env *pgtest.Env, params ...string) (*sql.DB, *t
 // PgBouncer, tenant i running i queries, and checks the collector's output
 // with TopN 5 against the connector's Stats.
 func TestCollectorAgainstServers(t *testing.T) {
+	start := time.Now()
 	env := pgtest.Shared(t)
+	t.Logf("servers ready in %s", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
 	ids := harnessTenants(t, env, 30)
+	t.Logf("30 tenants provisioned in %s", time.Since(start).Round(time.Millisecond))
 	db, c := openConnector(t, env, "tenant_max_conns=40", "pool_max_conns=2", "tenant_pool_idle=1h")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	queries := 0
+	start = time.Now()
 	for i, id := range ids {
 		tctx := tenantpg.WithTenant(ctx, id)
 		for range i + 1 {
@@ -80,6 +85,7 @@ func TestCollectorAgainstServers(t *testing.T) {
 			queries++
 		}
 	}
+	t.Logf("%d queries in %s", queries, time.Since(start).Round(time.Millisecond))
 	// Hold a transaction of the busiest tenant open so that a connection
 	// is in use during the scrape.
 	tx, err := db.BeginTx(tenantpg.WithTenant(ctx, "t30"), nil)
@@ -95,7 +101,7 @@ func TestCollectorAgainstServers(t *testing.T) {
 	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(col)
-	start := time.Now()
+	start = time.Now()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
