@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -38,13 +39,14 @@ func newBench(ctx context.Context, env *pgtest.Env, o options) (*bench, error) {
 
 func (b *bench) close() { b.super.Close(context.Background()) }
 
-// serverConns counts the backends of the app roles.
-func (b *bench) serverConns(ctx context.Context) (int, error) {
+// serverConns counts the backends whose application_name is app ("" for
+// all backends of the app roles).
+func (b *bench) serverConns(ctx context.Context, app string) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var n int
 	err := b.super.QueryRow(ctx, `select count(*) from pg_stat_activity
-		where backend_type = 'client backend' and usename like 'app%'`).Scan(&n)
+		where backend_type = 'client backend' and usename like 'app%' and ($1 = '' or application_name = $1)`, app).Scan(&n)
 	return n, err
 }
 
@@ -53,7 +55,7 @@ func (b *bench) serverConns(ctx context.Context) (int, error) {
 func (b *bench) waitServerConns(ctx context.Context, atMost int) {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if n, err := b.serverConns(ctx); err == nil && n <= atMost {
+		if n, err := b.serverConns(ctx, ""); err == nil && n <= atMost {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -180,20 +182,23 @@ func tenantIDs(n int) []string {
 // manyContenders builds tenantpg, a map of *sql.DB and a connection per
 // query over ids, each with at most perTenant connections per tenant.
 func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, budget int, idle bool) ([]contender, error) {
-	dsn := withParams(b.settingURL(), fmt.Sprintf("pool_max_conns=%d", perTenant))
+	dsn := withParams(b.settingURL(), fmt.Sprintf("pool_max_conns=%d", perTenant), "application_name=tenantpg")
 	if budget > 0 {
 		dsn = withParams(dsn, fmt.Sprintf("tenant_max_conns=%d", budget))
 	}
 	tp := mustOpenDB(dsn)
 	var tpIdle *sql.DB
 	if idle {
-		tpIdle = mustOpenDB(dsn)
+		tpIdle = mustOpenDB(strings.Replace(dsn, "application_name=tenantpg", "application_name=tenantpg-idle", 1))
 		tpIdle.SetMaxIdleConns(16)
 	}
 	base, err := pgx.ParseConfig(b.env.DirectURL(b.env.AppUser, b.env.AppDatabase))
 	if err != nil {
 		return nil, err
 	}
+	perQuery := base.Copy()
+	perQuery.RuntimeParams["application_name"] = "per-query"
+	base.RuntimeParams["application_name"] = "map"
 	dbs := make(map[string]*sql.DB, len(ids))
 	for _, id := range ids {
 		cc := base.Copy()
@@ -204,29 +209,58 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 		dbs[id] = db
 	}
 	pick := func(w, i int) string { return ids[rand.IntN(len(ids))] }
+	// warm opens perTenant connections for every tenant, as a steady load
+	// would, so that the measured rounds compare reuse, not first dials.
+	warm := func(q func(ctx context.Context, t string) error) func(context.Context) {
+		return func(ctx context.Context) {
+			var wg sync.WaitGroup
+			sem := make(chan struct{}, 16)
+			for _, t := range ids {
+				for k := 0; k < perTenant; k++ {
+					wg.Add(1)
+					sem <- struct{}{}
+					go func() {
+						defer wg.Done()
+						defer func() { <-sem }()
+						_ = q(ctx, t)
+					}()
+				}
+			}
+			wg.Wait()
+		}
+	}
 	cs := []contender{
-		{name: "map of *sql.DB", op: func(ctx context.Context, w, i int) error {
+		{name: "map of *sql.DB", app: "map", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
 			return checkSetting(ctx, dbs[t], t)
-		}, close: func() {
+		}, warm: warm(func(ctx context.Context, t string) error {
+			_, err := dbs[t].ExecContext(ctx, "select pg_sleep(0.05)")
+			return err
+		}), close: func() {
 			for _, db := range dbs {
 				db.Close()
 			}
 		}},
-		{name: "tenantpg", op: func(ctx context.Context, w, i int) error {
+		{name: "tenantpg", app: "tenantpg", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
 			return checkSetting(tenantpg.WithTenant(ctx, t), tp, t)
-		}, close: func() { tp.Close() }},
+		}, warm: warm(func(ctx context.Context, t string) error {
+			_, err := tp.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
+			return err
+		}), close: func() { tp.Close() }},
 	}
 	if idle {
-		cs = append(cs, contender{name: "tenantpg+idle", op: func(ctx context.Context, w, i int) error {
+		cs = append(cs, contender{name: "tenantpg+idle", app: "tenantpg-idle", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
 			return checkSetting(tenantpg.WithTenant(ctx, t), tpIdle, t)
-		}, close: func() { tpIdle.Close() }})
+		}, warm: warm(func(ctx context.Context, t string) error {
+			_, err := tpIdle.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
+			return err
+		}), close: func() { tpIdle.Close() }})
 	}
-	cs = append(cs, contender{name: "connection per query", op: func(ctx context.Context, w, i int) error {
+	cs = append(cs, contender{name: "connection per query", app: "per-query", op: func(ctx context.Context, w, i int) error {
 		t := pick(w, i)
-		cc := base.Copy()
+		cc := perQuery.Copy()
 		cc.RuntimeParams["app.tenant_id"] = t
 		conn, err := pgx.ConnectConfig(ctx, cc)
 		if err != nil {
@@ -280,7 +314,7 @@ func (b *bench) huge(ctx context.Context, r *report) error {
 	const budget, workers = 32, 16
 	ids := tenantIDs(n)
 	b.waitServerConns(ctx, 0)
-	dsn := withParams(b.settingURL(), fmt.Sprintf("tenant_max_conns=%d", budget), "pool_max_conns=2", "tenant_pool_idle=2s")
+	dsn := withParams(b.settingURL(), fmt.Sprintf("tenant_max_conns=%d", budget), "pool_max_conns=2", "tenant_pool_idle=2s", "application_name=huge")
 	before := heapInUse()
 	db := mustOpenDB(dsn)
 	defer db.Close()
@@ -304,7 +338,7 @@ func (b *bench) huge(ctx context.Context, r *report) error {
 			}
 		}
 	}()
-	c := contender{name: "tenantpg", op: func(ctx context.Context, w, i int) error {
+	c := contender{name: "tenantpg", app: "huge", op: func(ctx context.Context, w, i int) error {
 		mu.Lock()
 		k := next
 		next++
@@ -363,7 +397,7 @@ func runUntil(ctx context.Context, c contender, workers int, done func() bool, c
 		}
 		cancel()
 	}()
-	return runOnce(ctx, contender{name: c.name, op: func(ctx context.Context, w, i int) error {
+	return runOnce(ctx, contender{name: c.name, app: c.app, op: func(ctx context.Context, w, i int) error {
 		if cctx.Err() != nil {
 			time.Sleep(time.Millisecond)
 			return nil

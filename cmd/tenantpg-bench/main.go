@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
 
@@ -67,6 +68,11 @@ func run(o options) error {
 		return err
 	}
 	defer env.Close()
+	// Room for every contender's connections at once: the map of *sql.DB
+	// alone may hold two per tenant.
+	if err := raiseMaxConnections(ctx, env, 1200); err != nil {
+		return err
+	}
 	b, err := newBench(ctx, env, o)
 	if err != nil {
 		return err
@@ -111,4 +117,32 @@ func run(o options) error {
 
 func machine() string {
 	return fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
+}
+
+func raiseMaxConnections(ctx context.Context, env *pgtest.Env, n int) error {
+	c, err := pgx.Connect(ctx, env.DirectURL(env.SuperUser, "postgres"))
+	if err != nil {
+		return err
+	}
+	_, err = c.Exec(ctx, fmt.Sprintf("alter system set max_connections = %d", n))
+	c.Close(ctx)
+	if err != nil {
+		return err
+	}
+	if err := env.RestartPostgres(ctx); err != nil {
+		return err
+	}
+	c, err = pgx.Connect(ctx, env.DirectURL(env.SuperUser, "postgres"))
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx)
+	var got int
+	if err := c.QueryRow(ctx, "select current_setting('max_connections')::int").Scan(&got); err != nil {
+		return err
+	}
+	if got != n {
+		return fmt.Errorf("max_connections is %d after restart, want %d", got, n)
+	}
+	return nil
 }

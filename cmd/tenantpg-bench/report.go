@@ -78,8 +78,8 @@ func errNote(err error) string {
 		return ""
 	}
 	s := err.Error()
-	if len(s) > 80 {
-		s = s[:80] + "..."
+	if len(s) > 160 {
+		s = s[len(s)-160:]
 	}
 	return " (" + strings.ReplaceAll(s, "|", "/") + ")"
 }

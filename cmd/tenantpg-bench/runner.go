@@ -12,7 +12,9 @@ import (
 // worker w; i counts the worker's operations.
 type contender struct {
 	name  string
+	app   string // application_name of its connections, for counting them on the server
 	op    func(ctx context.Context, w, i int) error
+	warm  func(ctx context.Context) // optional: bring the contender to steady state before measuring
 	close func()
 }
 
@@ -28,8 +30,8 @@ type runResult struct {
 	serverKnown bool
 }
 
-// sampler counts server connections while a run goes on.
-type sampler func(ctx context.Context) (int, error)
+// sampler counts the server connections whose application_name is app.
+type sampler func(ctx context.Context, app string) (int, error)
 
 // runOnce runs c with workers goroutines for dur.
 func runOnce(ctx context.Context, c contender, workers int, dur time.Duration, count sampler) runResult {
@@ -42,7 +44,7 @@ func runOnce(ctx context.Context, c contender, workers int, dur time.Duration, c
 	peakDone := make(chan struct{})
 	go func() {
 		defer close(peakDone)
-		if count == nil {
+		if count == nil || c.app == "" {
 			return
 		}
 		t := time.NewTicker(10 * time.Millisecond)
@@ -52,7 +54,7 @@ func runOnce(ctx context.Context, c contender, workers int, dur time.Duration, c
 			case <-rctx.Done():
 				return
 			case <-t.C:
-				if n, err := count(ctx); err == nil && n > peak {
+				if n, err := count(ctx, c.app); err == nil && n > peak {
 					peak = n
 				}
 			}
@@ -86,7 +88,7 @@ func runOnce(ctx context.Context, c contender, workers int, dur time.Duration, c
 	wg.Wait()
 	elapsed := time.Since(start)
 	<-peakDone
-	r := runResult{ops: ops.Load(), errs: errs.Load(), dur: elapsed, peakServer: peak, serverKnown: count != nil}
+	r := runResult{ops: ops.Load(), errs: errs.Load(), dur: elapsed, peakServer: peak, serverKnown: count != nil && c.app != ""}
 	if e, ok := firstErr.Load().(error); ok {
 		r.firstErr = e
 	}
@@ -112,6 +114,11 @@ type summary struct {
 // interleave runs every contender once per round, rotating the order each
 // round, and summarises medians.
 func interleave(ctx context.Context, cs []contender, rounds, workers int, dur time.Duration, count sampler) []summary {
+	for _, c := range cs {
+		if c.warm != nil {
+			c.warm(ctx)
+		}
+	}
 	res := make([][]runResult, len(cs))
 	for r := 0; r < rounds; r++ {
 		for k := range cs {

@@ -161,7 +161,7 @@ func (s *Server) initdb(ctx context.Context) error {
 		return fmt.Errorf("pgtest: %w", err)
 	}
 	defer os.Remove(pwfile)
-	return runCommand(ctx, s.ra, s.dir, s.bin.initdb,
+	if err := runCommand(ctx, s.ra, s.dir, s.bin.initdb,
 		"-D", s.dataDir,
 		"-U", s.SuperUser,
 		"--pwfile="+pwfile,
@@ -170,7 +170,21 @@ func (s *Server) initdb(ctx context.Context) error {
 		"--locale=C",
 		"--encoding=UTF8",
 		"--no-sync",
-	)
+	); err != nil {
+		return err
+	}
+	// In the configuration file rather than on the command line, so that
+	// ALTER SYSTEM and a restart can change it (the benchmark raises it).
+	conf := filepath.Join(s.dataDir, "postgresql.conf")
+	f, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("\nmax_connections = 300\n"); err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	return nil
 }
 
 // errPortInUse marks a start failure caused by a port collision.
@@ -192,7 +206,6 @@ func (s *Server) start(ctx context.Context) error {
 		"-p", strconv.Itoa(s.Port),
 		"-c", "listen_addresses=127.0.0.1",
 		"-c", "unix_socket_directories="+s.dir,
-		"-c", "max_connections=300",
 		"-c", "fsync=off",
 		"-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off",
