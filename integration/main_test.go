@@ -42,7 +42,7 @@ func withParams(url string, params ...string) string {
 }
 
 // open opens dsn with sql.Open("tenantpg") and closes it after the test.
-func open(t *testing.T, dsn string) *sql.DB {
+func open(t testing.TB, dsn string) *sql.DB {
 	t.Helper()
 	db, err := sql.Open("tenantpg", dsn)
 	if err != nil {
