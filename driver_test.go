@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -139,3 +141,35 @@ func (fakeConnector) Driver() driver.Driver                        { return fake
 type fakeDriver struct{}
 
 func (fakeDriver) Open(string) (driver.Conn, error) { return nil, errors.New("fake") }
+
+func TestReapCompactsMaps(t *testing.T) {
+	cfg, err := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={user}.{tenant}&tenant_pool_idle=1h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 3 * compactMin
+	for i := 0; i < n; i++ {
+		if _, err := c.Pool(context.Background(), fmt.Sprintf("t%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(c.Stats().Pools); got != n {
+		t.Fatalf("%d pools, want %d", got, n)
+	}
+	// Everything is idle an hour later.
+	reaped := c.set.reap(time.Now().Add(2*time.Hour), time.Hour)
+	if reaped != n || len(c.Stats().Pools) != 0 {
+		t.Fatalf("reaped %d of %d", reaped, n)
+	}
+	c.set.mu.RLock()
+	peak := c.set.peak
+	c.set.mu.RUnlock()
+	if peak != 0 {
+		t.Fatalf("maps not compacted: peak %d", peak)
+	}
+}

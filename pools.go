@@ -47,6 +47,7 @@ type poolSet struct {
 	tenants map[string]*poolEntry
 	targets map[string]*poolEntry
 	calls   map[string]*resolveCall // tenants being resolved
+	peak    int                     // highest len(tenants) since the last compaction
 
 	created atomic.Int64
 	reaped  atomic.Int64
@@ -178,6 +179,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 	e.connector = stdlib.GetPoolConnector(pool, stdlib.OptionResetSession(s.resetSession(e)))
 	s.targets[key] = e
 	s.tenants[tenant] = e
+	s.peak = max(s.peak, len(s.tenants))
 	e.inflight.Add(1)
 	s.mu.Unlock()
 	s.created.Add(1)
@@ -300,6 +302,7 @@ func (s *poolSet) reap(now time.Time, idle time.Duration) int {
 			victims = append(victims, e)
 		}
 	}
+	s.compactLocked()
 	s.mu.Unlock()
 	for _, e := range victims {
 		e.pool.Close()
@@ -308,6 +311,28 @@ func (s *poolSet) reap(now time.Time, idle time.Duration) int {
 	}
 	return len(victims)
 }
+
+// compactLocked rebuilds the maps once they have shrunk to a quarter of
+// their peak: Go maps keep their buckets after deletes, so a burst of
+// 100,000 tenants would otherwise hold memory after their pools are gone.
+func (s *poolSet) compactLocked() {
+	s.peak = max(s.peak, len(s.tenants))
+	if s.peak < compactMin || len(s.tenants) > s.peak/4 {
+		return
+	}
+	tenants := make(map[string]*poolEntry, len(s.tenants))
+	for k, v := range s.tenants {
+		tenants[k] = v
+	}
+	targets := make(map[string]*poolEntry, len(s.targets))
+	for k, v := range s.targets {
+		targets[k] = v
+	}
+	s.tenants, s.targets, s.peak = tenants, targets, len(tenants)
+}
+
+// compactMin is the map size below which compaction is not worth it.
+const compactMin = 1024
 
 // closeAll removes every entry and closes its pool, waiting for checked out
 // connections to come back.

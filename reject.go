@@ -105,6 +105,10 @@ func (r *rejectCache) purge(now time.Time) {
 			delete(r.m, t)
 		}
 	}
+	// Maps keep their buckets after deletes: start afresh once empty.
+	if len(r.m) == 0 {
+		r.m = map[string]*RejectedError{}
+	}
 }
 
 func (r *rejectCache) len() int {
