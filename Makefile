@@ -27,7 +27,7 @@ test: servers
 
 ## demo: start throwaway servers and run the demo app through tenantpg
 demo: servers
-	$(GO) run ./cmd/tenantpg-demo
+	cd cmd/tenantpg-demo && $(GO) run .
 
 ## bench: exec-mode and routing benchmarks on throwaway servers
 bench: servers

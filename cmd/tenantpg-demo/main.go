@@ -1,10 +1,14 @@
 // Command tenantpg-demo starts a throwaway PostgreSQL and PgBouncer, provisions
-// a few tenants and runs a small concurrent app through tenantpg over two
-// routes: a Supavisor-style login "app.<tenant>" and a PgBouncer database
-// alias per tenant. It prints what the server saw for each tenant, checks
-// that no tenant saw another's rows, and leaves nothing running.
+// a few tenants and runs a small concurrent app through tenantpg with GORM and
+// sqlx over two routes: a Supavisor-style login "app.<tenant>" and a PgBouncer
+// database alias per tenant. It prints what the server saw for each tenant,
+// checks that no tenant saw another's rows or sessions, and leaves nothing
+// running.
 //
-//	make demo   (or: go run ./cmd/tenantpg-demo)
+//	make demo   (or: cd cmd/tenantpg-demo && go run .)
+//
+// It is a module of its own so that GORM and sqlx stay out of the library's
+// go.mod.
 package main
 
 import (
@@ -13,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"sync"
@@ -20,16 +25,22 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jmoiron/sqlx"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
 )
+
+// sqlx picks placeholders by driver name and does not know "tenantpg".
+func init() { sqlx.BindDriver(tenantpg.DriverName, sqlx.DOLLAR) }
 
 func main() {
 	workers := flag.Int("workers", 16, "concurrent workers per route")
-	ops := flag.Int("ops", 2000, "operations per route")
+	ops := flag.Int("ops", 2000, "operations per route (half GORM, half sqlx)")
 	flag.Parse()
-	if err := run(*workers, *ops); err != nil {
+	if err := run(os.Stdout, *workers, *ops); err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}
@@ -39,61 +50,79 @@ var tenantIDs = []string{"acme", "globex", "initech", "umbrella"}
 
 // route is one way of reaching the tenants through PgBouncer.
 type route struct {
-	name  string
-	dsn   string
-	table func(tenant string) string // the tenant's items table as seen on this route
+	name     string
+	dsn      string
+	table    func(tenant string) string // the tenant's items table on this route
+	login    func(tenant string) string // the login the server must see
+	database func(tenant string) string // the database the server must see
+}
+
+// item is a row of the tenants' items tables.
+type item struct {
+	ID     int64  `db:"id"`
+	Tenant string `db:"tenant"`
+	Val    int    `db:"val"`
 }
 
 // tally counts what one tenant did on one route.
 type tally struct {
-	reads, writes atomic.Int64
-	foreign       atomic.Int64 // rows of another tenant seen (must stay 0)
-	user, db      atomic.Value
+	reads                  atomic.Int64
+	gormWrites, sqlxWrites atomic.Int64
+	foreign                atomic.Int64 // rows or sessions of another tenant seen (must stay 0)
+	user, db               atomic.Value
 }
 
-func run(workers, ops int) error {
+func run(out io.Writer, workers, ops int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	fmt.Println("tenantpg demo: starting a throwaway PostgreSQL and PgBouncer ...")
+	fmt.Fprintln(out, "tenantpg demo: starting a throwaway PostgreSQL and PgBouncer ...")
 	start := time.Now()
 	env, err := pgtest.Start(ctx, pgtest.Options{Tenants: tenantIDs, PoolSize: 10})
 	if err != nil {
 		return fmt.Errorf("starting servers: %w", err)
 	}
 	defer env.Close()
-	fmt.Printf("  PostgreSQL on 127.0.0.1:%d, PgBouncer (transaction pooling) on 127.0.0.1:%d, tenants %v, ready in %s\n\n",
+	fmt.Fprintf(out, "  PostgreSQL on 127.0.0.1:%d, PgBouncer (transaction pooling) on 127.0.0.1:%d, tenants %v, ready in %s\n",
 		env.PGPort, env.BouncerPort, tenantIDs, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "  app: each operation is one transaction, by GORM or by sqlx in turn: whoami, insert a row, read the tenant's table\n\n")
 
 	base := env.BouncerURL(env.AppUser, env.AppDatabase)
 	routes := []route{
 		{
-			name:  "Supavisor-style login (tenant_user={user}.{tenant})",
-			dsn:   base + "&tenant_user={user}.{tenant}&tenant_max_conns=12&pool_max_conns=3",
-			table: func(t string) string { return pgx.Identifier{t, "items"}.Sanitize() },
+			name:     "Supavisor-style login (tenant_user={user}.{tenant})",
+			dsn:      base + "&tenant_user={user}.{tenant}&tenant_max_conns=12&pool_max_conns=3",
+			table:    func(t string) string { return t + ".items" },
+			login:    pgtest.TenantRole,
+			database: func(string) string { return env.AppDatabase },
 		},
 		{
-			name:  "PgBouncer alias per tenant (tenant_database={tenant})",
-			dsn:   base + "&tenant_database={tenant}&tenant_max_conns=12&pool_max_conns=3",
-			table: func(string) string { return "public.items" },
+			name:     "PgBouncer alias per tenant (tenant_database={tenant})",
+			dsn:      base + "&tenant_database={tenant}&tenant_max_conns=12&pool_max_conns=3",
+			table:    func(string) string { return "public.items" },
+			login:    func(string) string { return env.AppUser },
+			database: func(t string) string { return t },
 		},
 	}
 	ok := true
 	for _, r := range routes {
-		good, err := runRoute(ctx, r, workers, ops)
+		good, err := runRoute(ctx, out, r, workers, ops)
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
 		ok = ok && good
 	}
-	if !ok {
-		return errors.New("a tenant saw another tenant's rows")
+	if err := env.Close(); err != nil {
+		return fmt.Errorf("stopping servers: %w", err)
 	}
-	fmt.Println("every tenant saw only its own rows; servers stopped, nothing left running.")
+	if !ok {
+		return errors.New("a tenant saw another tenant's rows or session")
+	}
+	fmt.Fprintln(out, "every tenant saw only its own rows and sessions; servers stopped, nothing left running.")
 	return nil
 }
 
-func runRoute(ctx context.Context, r route, workers, ops int) (bool, error) {
+func runRoute(ctx context.Context, out io.Writer, r route, workers, ops int) (bool, error) {
 	db, err := sql.Open("tenantpg", r.dsn)
 	if err != nil {
 		return false, err
@@ -101,10 +130,14 @@ func runRoute(ctx context.Context, r route, workers, ops int) (bool, error) {
 	defer db.Close()
 	db.SetMaxIdleConns(0) // all pooling in tenantpg
 
-	// The ORM-style setup ping works without a tenant.
-	if err := db.PingContext(ctx); err != nil {
-		return false, err
+	// gorm.Open pings without a tenant: tenantpg answers that ping without
+	// a connection. Every query then needs WithContext(tenant context).
+	gdb, err := gorm.Open(postgres.New(postgres.Config{Conn: db}), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		return false, fmt.Errorf("gorm.Open: %w", err)
 	}
+	xdb := sqlx.NewDb(db, tenantpg.DriverName)
+
 	tallies := map[string]*tally{}
 	for _, t := range tenantIDs {
 		tallies[t] = &tally{}
@@ -117,9 +150,20 @@ func runRoute(ctx context.Context, r route, workers, ops int) (bool, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for next.Add(1) <= int64(ops) {
+			for {
+				i := next.Add(1)
+				if i > int64(ops) {
+					return
+				}
 				t := tenantIDs[rand.IntN(len(tenantIDs))]
-				if err := work(tenantpg.WithTenant(ctx, t), db, r.table(t), t, tallies[t]); err != nil {
+				tctx := tenantpg.WithTenant(ctx, t)
+				var err error
+				if i%2 == 0 {
+					err = workGORM(tctx, gdb, r, t, tallies[t])
+				} else {
+					err = workSqlx(tctx, xdb, r, t, tallies[t])
+				}
+				if err != nil {
 					errCh <- fmt.Errorf("tenant %s: %w", t, err)
 					return
 				}
@@ -137,10 +181,10 @@ func runRoute(ctx context.Context, r route, workers, ops int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	fmt.Printf("%s\n  %d operations by %d workers in %s (%.0f ops/s), %d physical connections opened, peak %d of budget %d\n",
+	fmt.Fprintf(out, "%s\n  %d operations by %d workers in %s (%.0f ops/s), %d physical connections opened, peak %d of budget %d\n",
 		r.name, ops, workers, elapsed.Round(time.Millisecond), float64(ops)/elapsed.Seconds(), st.Dials, st.PeakConns, st.MaxConns)
-	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  tenant\tserver login\tserver database\trows read\trows written\tconns opened\tcheckouts reused\tcross-tenant check")
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  tenant\tserver login\tserver database\trows read\trows written (GORM+sqlx)\tconns opened\tcheckouts reused\tcross-tenant check")
 	good := true
 	for _, t := range tenantIDs {
 		tl := tallies[t]
@@ -151,52 +195,83 @@ func runRoute(ctx context.Context, r route, workers, ops int) (bool, error) {
 		}
 		check := "ok: 0 foreign rows"
 		if n := tl.foreign.Load(); n != 0 {
-			check = fmt.Sprintf("FAILED: %d foreign rows", n)
+			check = fmt.Sprintf("FAILED: %d foreign rows or sessions", n)
 			good = false
 		}
-		fmt.Fprintf(tw, "  %s\t%v\t%v\t%d\t%d\t%d\t%d\t%s\n", t, tl.user.Load(), tl.db.Load(),
-			tl.reads.Load(), tl.writes.Load(), opened, reused, check)
+		g, x := tl.gormWrites.Load(), tl.sqlxWrites.Load()
+		fmt.Fprintf(tw, "  %s\t%v\t%v\t%d\t%d (%d+%d)\t%d\t%d\t%s\n", t, tl.user.Load(), tl.db.Load(),
+			tl.reads.Load(), g+x, g, x, opened, reused, check)
 	}
 	tw.Flush()
-	fmt.Println()
+	fmt.Fprintln(out)
 	return good, nil
 }
 
-// work writes one row for the tenant and reads all of its table back in one
-// transaction, recording what the server says about the session.
-func work(ctx context.Context, db *sql.DB, table, tenant string, tl *tally) error {
-	tx, err := db.BeginTx(ctx, nil)
+// saw records the session the server reported and whether it is the
+// tenant's.
+func (tl *tally) saw(r route, tenant, user, dbname string) {
+	tl.user.Store(user)
+	tl.db.Store(dbname)
+	if user != r.login(tenant) || dbname != r.database(tenant) {
+		tl.foreign.Add(1)
+	}
+}
+
+// owners counts the rows read and those of other tenants.
+func (tl *tally) owners(tenant string, owners []string) {
+	tl.reads.Add(int64(len(owners)))
+	for _, o := range owners {
+		if o != tenant {
+			tl.foreign.Add(1)
+		}
+	}
+}
+
+// workGORM is one operation through GORM: a transaction that asks the
+// server who it is, writes one row for the tenant and reads its table back.
+func workGORM(ctx context.Context, db *gorm.DB, r route, tenant string, tl *tally) error {
+	return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var user, dbname string
+		if err := tx.Raw("select current_user, current_database()").Row().Scan(&user, &dbname); err != nil {
+			return err
+		}
+		tl.saw(r, tenant, user, dbname)
+		if err := tx.Table(r.table(tenant)).Create(&item{Tenant: tenant, Val: rand.IntN(1000)}).Error; err != nil {
+			return err
+		}
+		tl.gormWrites.Add(1)
+		var owners []string
+		if err := tx.Table(r.table(tenant)).Pluck("tenant", &owners).Error; err != nil {
+			return err
+		}
+		tl.owners(tenant, owners)
+		return nil
+	})
+}
+
+// workSqlx is the same operation through sqlx.
+func workSqlx(ctx context.Context, db *sqlx.DB, r route, tenant string, tl *tally) error {
+	tx, err := db.BeginTxx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	var user, dbname string
-	if err := tx.QueryRowContext(ctx, "select current_user, current_database()").Scan(&user, &dbname); err != nil {
+	var who struct {
+		User string `db:"current_user"`
+		DB   string `db:"current_database"`
+	}
+	if err := tx.GetContext(ctx, &who, "select current_user, current_database()"); err != nil {
 		return err
 	}
-	tl.user.Store(user)
-	tl.db.Store(dbname)
-	if _, err := tx.ExecContext(ctx, "insert into "+table+" (tenant, val) values ($1, $2)", tenant, rand.IntN(1000)); err != nil {
+	tl.saw(r, tenant, who.User, who.DB)
+	if _, err := tx.ExecContext(ctx, tx.Rebind("insert into "+r.table(tenant)+" (tenant, val) values (?, ?)"), tenant, rand.IntN(1000)); err != nil {
 		return err
 	}
-	tl.writes.Add(1)
-	rows, err := tx.QueryContext(ctx, "select tenant from "+table)
-	if err != nil {
+	tl.sqlxWrites.Add(1)
+	var owners []string
+	if err := tx.SelectContext(ctx, &owners, "select tenant from "+r.table(tenant)); err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var owner string
-		if err := rows.Scan(&owner); err != nil {
-			return err
-		}
-		tl.reads.Add(1)
-		if owner != tenant {
-			tl.foreign.Add(1)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
+	tl.owners(tenant, owners)
 	return tx.Commit()
 }
