@@ -185,9 +185,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 // poolKey identifies one pool instance: tenantpg closes idle pools and
 // creates new ones for the same target, whose pgxpool counters start at 0.
+// Pools of tenants routed by schema or setting share a target, so the
+// creation time tells them apart; should two of them have been created in
+// the same nanosecond, their tenant labels do.
 type poolKey struct {
 	target  string
 	created int64
+	label   string // only for pools whose target and creation time collide
 }
 
 // poolState is what a pool's counters were at the previous scrape.
@@ -225,10 +229,20 @@ func (c *Collector) update(st tenantpg.Stats, now time.Time) ([]*tenantState, *s
 	}
 	deltas := make([]grown, 0, len(st.Pools))
 
+	keys := make([]poolKey, len(st.Pools))
+	count := make(map[poolKey]int, len(st.Pools))
+	for i := range st.Pools {
+		keys[i] = poolKey{target: st.Pools[i].Target, created: st.Pools[i].Created.UnixNano()}
+		count[keys[i]]++
+	}
 	for i := range st.Pools {
 		ps := &st.Pools[i]
 		s := c.sample(ps)
-		k := poolKey{target: ps.Target, created: ps.Created.UnixNano()}
+		label := tenantLabel(ps.Tenants)
+		k := keys[i]
+		if count[k] > 1 {
+			k.label = label
+		}
 		p := c.pools[k]
 		if p == nil {
 			p = &poolState{}
@@ -245,7 +259,7 @@ func (c *Collector) update(st tenantpg.Stats, now time.Time) ([]*tenantState, *s
 		p.last = s.counters
 
 		var t *tenantState
-		if label := tenantLabel(ps.Tenants); label != "" {
+		if label != "" {
 			t = c.tenants[label]
 			if t == nil {
 				t = &tenantState{label: label, scoredAt: now}

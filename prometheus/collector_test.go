@@ -44,7 +44,7 @@ func (f *fakeSource) stats() tenantpg.Stats {
 	return st
 }
 
-func (f *fakeSource) sample(p *tenantpg.PoolStats) sample {
+func (f *fakeSource) byTarget(p *tenantpg.PoolStats) sample {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, fp := range f.pools {
@@ -106,7 +106,7 @@ func newFake(t *testing.T, opts Options) (*fakeSource, *Collector) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.sample = f.sample
+	c.sample = f.byTarget
 	c.now = func() time.Time {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -466,4 +466,28 @@ func labelNames(key string) string {
 	}
 	sort.Strings(names)
 	return strings.Join(names, ",")
+}
+
+func TestPoolsWithTheSameTargetAndCreationTime(t *testing.T) {
+	// Schema routing: every tenant's pool has the same target.
+	f, c := newFake(t, Options{TopN: 5})
+	for i, id := range []string{"a", "b"} {
+		var s sample
+		s.counters[cAcquires] = float64(10 * (i + 1))
+		f.pools = append(f.pools, fakePool{target: "app@h:1/app", created: f.now, tenants: []string{id}, s: s})
+	}
+	c.sample = func(p *tenantpg.PoolStats) sample {
+		for _, fp := range f.pools {
+			if fp.tenants[0] == p.Tenants[0] {
+				return fp.s
+			}
+		}
+		panic("unknown pool")
+	}
+	for range 3 {
+		got := gather(t, c).byTenant("tenantpg_tenant_acquires_total")
+		if got["a"] != 10 || got["b"] != 20 {
+			t.Fatalf("acquires %v", got)
+		}
+	}
 }
