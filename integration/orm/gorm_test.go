@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -364,4 +366,45 @@ func TestGormWithoutContext(t *testing.T) {
 	if err := db.WithContext(tenantpg.WithTenant(context.Background(), ids[0])).Table("items").Count(&n).Error; err != nil || n == 0 {
 		t.Fatalf("with a tenant: %d rows, %v", n, err)
 	}
+}
+
+// TestGormPrepareStmtThroughBouncer118 backs the guide's warning: GORM's
+// PrepareStmt uses named prepared statements, which PgBouncer 1.18 in
+// transaction mode does not track, so concurrent use fails with 42P05 or
+// 26000 (the statement was prepared on another server connection).
+func TestGormPrepareStmtThroughBouncer118(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := provision(t, env, "gb")
+	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
+	db := openGorm(t, openDB(t, bouncerDatabaseDSN(env)), &gorm.Config{PrepareStmt: true, Logger: logger.Discard})
+
+	const workers, maxOps = 8, 200
+	found := make(chan error, workers)
+	var wg sync.WaitGroup
+	var stop atomic.Bool
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < maxOps && !stop.Load(); i++ {
+				var n int64
+				err := db.WithContext(ctx).Table("items").Where("val > ?", i).Count(&n).Error
+				if err != nil {
+					stop.Store(true)
+					found <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(found)
+	err, ok := <-found
+	if !ok {
+		t.Fatalf("%d prepared executions through PgBouncer transaction mode all succeeded", workers*maxOps)
+	}
+	if code := sqlState(err); code != "42P05" && code != "26000" {
+		t.Fatalf("error %v (SQLSTATE %q), want 42P05 or 26000", err, code)
+	}
+	t.Logf("as documented: %v", err)
 }
