@@ -102,7 +102,7 @@ func bunCRUD(ctx context.Context, db *bun.DB, tenant string) error {
 // parameters.
 func TestBunDatabaseRoute(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "bd")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	sqlDB, rec := openTraced(t, bouncerDatabaseDSN(env))
 	db := bun.NewDB(sqlDB, pgdialect.New())
@@ -133,7 +133,7 @@ func TestBunDatabaseRoute(t *testing.T) {
 // policy on docs hides and protects other tenants' rows.
 func TestBunRowLevelSecurity(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "br")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	sqlDB := openDB(t, directSettingDSN(env))
 	db := bun.NewDB(sqlDB, pgdialect.New())

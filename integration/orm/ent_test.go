@@ -105,7 +105,7 @@ func entCRUD(ctx context.Context, client *ent.Client, tenant string) error {
 // schema; then 12 tenants run CRUD and transactions at once.
 func TestEntDirectSchema(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "es")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	client, drv := openEnt(t, directSchemaDSN(env))
 
@@ -121,7 +121,7 @@ func TestEntDirectSchema(t *testing.T) {
 // (tenant_user={user}.{tenant}), migrations included.
 func TestEntSupavisorRoute(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "eu")
+	ids := provision(t, env)
 	userSchemas(t, env, ids)
 	ctx := testCtx(t)
 	client, drv := openEnt(t, bouncerUserDSN(env))
@@ -181,7 +181,7 @@ func migrateTenant(ctx context.Context, db *sql.DB) error {
 // can drop the workaround.
 func TestEntMigrationNeedsBoundDB(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "es")
+	ids := provision(t, env)
 	client, _ := openEnt(t, directSchemaDSN(env))
 	err := client.Schema.Create(tenantpg.WithTenant(testCtx(t), ids[0]))
 	if !errors.Is(err, tenantpg.ErrNoTenant) {
@@ -206,7 +206,7 @@ func quoteLit(s string) string { return "'" + s + "'" }
 // connection of the tenant, runs SET, the query and RESET on it.
 func TestEntWithVar(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "ev")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	client, drv := openEnt(t, directSchemaDSN(env))
 

@@ -136,7 +136,7 @@ func gormCRUD(ctx context.Context, db *gorm.DB, tenant string) error {
 // and transactions for 12 tenants at once.
 func TestGormSupavisorRoute(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "gu")
+	ids := provision(t, env)
 	userSchemas(t, env, ids)
 	ctx := testCtx(t)
 
@@ -192,7 +192,7 @@ func TestGormSupavisorRoute(t *testing.T) {
 // the context of the call, so every execution runs for the caller's tenant.
 func TestGormPrepareStmtDirectSchema(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "gp")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 
 	sqlDB := openDB(t, directSchemaDSN(env))
@@ -232,7 +232,7 @@ func TestGormPrepareStmtDirectSchema(t *testing.T) {
 // tenant's own connection.
 func TestGormConnectionSession(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "gs")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	db := openGorm(t, openDB(t, directSchemaDSN(env)), &gorm.Config{})
 
@@ -278,7 +278,7 @@ func TestGormConnectionSession(t *testing.T) {
 // one with DriverName "postgres", which turns the option off.
 func TestGormExecModeArgument(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "gm")
+	ids := provision(t, env)
 	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
 	sqlDB, rec := openTraced(t, directSchemaDSN(env))
 
@@ -340,7 +340,7 @@ func TestGormExecModeArgument(t *testing.T) {
 // opens nothing.
 func TestGormWithoutContext(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "gn")
+	ids := provision(t, env)
 	sqlDB := openDB(t, bouncerDatabaseDSN(env))
 	db := openGorm(t, sqlDB, &gorm.Config{Logger: logger.Discard})
 
@@ -374,7 +374,7 @@ func TestGormWithoutContext(t *testing.T) {
 // 26000 (the statement was prepared on another server connection).
 func TestGormPrepareStmtThroughBouncer118(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "gb")
+	ids := provision(t, env)
 	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
 	db := openGorm(t, openDB(t, bouncerDatabaseDSN(env)), &gorm.Config{PrepareStmt: true, Logger: logger.Discard})
 

@@ -108,7 +108,7 @@ func sqlcCRUD(ctx context.Context, db *sql.DB, tenant string) error {
 // database alias per tenant, 12 tenants at once.
 func TestSqlcDatabaseRoute(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "qd")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	db := openDB(t, bouncerDatabaseDSN(env))
 	perTenant(t, ctx, ids, func(ctx context.Context, tenant string) error {
@@ -126,7 +126,7 @@ func TestSqlcDatabaseRoute(t *testing.T) {
 // login per tenant, and the RLS queries on the direct setting route.
 func TestSqlcSupavisorRoute(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "qu")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	login := sqlcdb.New(openDB(t, bouncerUserDSN(env)))
 	rls := sqlcdb.New(openDB(t, directSettingDSN(env)))

@@ -127,7 +127,7 @@ func rowsAffected(res sql.Result, err error) (int64, error) {
 // pgx never received a ? placeholder.
 func TestSqlxDatabaseRoute(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "xd")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	sqlDB, rec := openTraced(t, bouncerDatabaseDSN(env))
 	x := sqlx.NewDb(sqlDB, "tenantpg")
@@ -159,7 +159,7 @@ func TestSqlxDatabaseRoute(t *testing.T) {
 // decides its placeholders.
 func TestSqlxBindvars(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "xd")
+	ids := provision(t, env)
 	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
 	sqlDB := openDB(t, bouncerDatabaseDSN(env))
 
@@ -207,7 +207,7 @@ func TestSqlxBindvars(t *testing.T) {
 // under one tenant, serve all tenants at once, each on its own connection.
 func TestSqlxPreparedDirectSchema(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "xp")
+	ids := provision(t, env)
 	ctx := testCtx(t)
 	sqlDB := openDB(t, directSchemaDSN(env))
 	x := sqlx.NewDb(sqlDB, "tenantpg")
@@ -276,7 +276,7 @@ func TestSqlxPreparedDirectSchema(t *testing.T) {
 // fail with tenantpg.ErrNoTenant; Connx keeps a tenant's session.
 func TestSqlxWithoutContext(t *testing.T) {
 	env := pgtest.Shared(t)
-	ids := provision(t, env, "xd")
+	ids := provision(t, env)
 	sqlDB := openDB(t, bouncerDatabaseDSN(env))
 	x := sqlx.NewDb(sqlDB, "tenantpg")
 
