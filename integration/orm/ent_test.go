@@ -257,3 +257,25 @@ func TestEntWithVar(t *testing.T) {
 		}
 	}
 }
+
+// TestEntDialectName: ent's dialect must be dialect.Postgres. The driver
+// name "tenantpg" is not a dialect ent knows; its SQL builder then writes ?
+// placeholders, which PostgreSQL rejects (42601): loud, not silent.
+func TestEntDialectName(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := provision(t, env)
+	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
+	sqlDB := openDB(t, directSchemaDSN(env))
+	if err := migrateTenant(ctx, sqlDB); err != nil {
+		t.Fatal(err)
+	}
+	wrong := ent.NewClient(ent.Driver(entsql.OpenDB("tenantpg", sqlDB)))
+	_, err := wrong.Note.Query().Where(note.Tenant(ids[0])).All(ctx)
+	if sqlState(err) != "42601" {
+		t.Fatalf("dialect \"tenantpg\": %v, want a syntax error (42601)", err)
+	}
+	right := ent.NewClient(ent.Driver(entsql.OpenDB(dialect.Postgres, sqlDB)))
+	if _, err := right.Note.Query().Where(note.Tenant(ids[0])).All(ctx); err != nil {
+		t.Fatalf("dialect.Postgres: %v", err)
+	}
+}
