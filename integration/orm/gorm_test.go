@@ -265,6 +265,38 @@ func TestGormConnectionSession(t *testing.T) {
 			return tx.Exec("discard temp; reset application_name").Error
 		})
 	})
+
+	// Why the reset matters: a setting left behind stays on the connection
+	// in the tenant's pool, for the tenant's next checkout.
+	ctx0 := tenantpg.WithTenant(ctx, ids[0])
+	err := db.WithContext(ctx0).Connection(func(tx *gorm.DB) error {
+		return tx.Exec("select set_config('application_name', 'left behind', false)").Error
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqlDB, _ := db.DB()
+	pool, err := tenantpg.Pool(ctx0, sqlDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leftBehind := 0
+	for _, c := range pool.AcquireAllIdle(ctx0) {
+		var app string
+		if err := c.QueryRow(ctx0, "select current_setting('application_name')").Scan(&app); err != nil {
+			t.Fatal(err)
+		}
+		if app == "left behind" {
+			leftBehind++
+			if _, err := c.Exec(ctx0, "reset application_name"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Release()
+	}
+	if leftBehind != 1 {
+		t.Fatalf("%d idle connections kept the setting, want 1 (pgxpool does not reset sessions)", leftBehind)
+	}
 }
 
 // TestGormExecModeArgument checks the interplay of GORM's DriverName and
