@@ -94,8 +94,12 @@ type Config struct {
 	// each tenant gets its own pool.
 	SharePools bool
 
-	// Logger, when set, receives structured events: pool created, pool
-	// closed, tenant rejected, budget waits and evictions.
+	// Logger, when set, receives structured events, each with the
+	// message prefix "tenantpg: ": pool created (Info), pool closed (Info,
+	// with the reason idle, no tenants or budget), tenant rejected (Warn),
+	// identity check failed (Error), connection budget exhausted (Warn),
+	// waiting for the connection budget and idle connection closed for the
+	// connection budget (Debug).
 	Logger *slog.Logger
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,7 +34,8 @@ type Connector struct {
 	stop      chan struct{}
 	reaperWG  sync.WaitGroup
 
-	noTenant atomic.Int64 // checkouts without tenant (answered by noTenantConn)
+	noTenant   atomic.Int64 // checkouts without tenant (answered by noTenantConn)
+	rejections atomic.Int64 // tenants rejected by the server (not counting cached repeats)
 }
 
 var (
@@ -106,10 +108,15 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 // connected, so that a burst of requests for an unknown tenant dials once
 // and the rest fail from the negative cache.
 func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntry) (driver.Conn, error) {
+	start := time.Now()
 	select {
 	case e.probe <- struct{}{}:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, c.probeWaitError(ctx, tenant, e, start)
+	}
+	if ctx.Err() != nil {
+		<-e.probe
+		return nil, c.probeWaitError(ctx, tenant, e, start)
 	}
 	if e.verified.Load() {
 		<-e.probe // another caller's probe succeeded meanwhile
@@ -124,6 +131,19 @@ func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntr
 		e.verified.Store(true)
 	}
 	return conn, err
+}
+
+// probeWaitError is the error of a caller whose context ended while it
+// waited for another caller's attempt on a pool that never connected: a
+// *BudgetError if that attempt waits for the budget (the pool holds no slot
+// and the budget is full), like the attempt itself gets, or else the
+// context's error.
+func (c *Connector) probeWaitError(ctx context.Context, tenant string, e *poolEntry, start time.Time) error {
+	if c.budget.max > 0 && e.open.Load() == 0 && c.budget.full() {
+		c.budget.timeouts.Add(1)
+		return &BudgetError{Tenant: tenant, Limit: c.budget.max, Waited: time.Since(start), Err: ctx.Err()}
+	}
+	return ctx.Err()
 }
 
 func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (driver.Conn, error) {
@@ -145,12 +165,21 @@ func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (d
 		if !errors.Is(err, errBudgetFull) {
 			if ctx.Err() != nil && waited > 0 {
 				c.budget.timeouts.Add(1)
+				c.log(ctx, slog.LevelWarn, "tenantpg: connection budget exhausted", slog.String("tenant", tenant),
+					slog.Int("limit", c.budget.max), slog.Duration("waited", waited))
 				return nil, &BudgetError{Tenant: tenant, Limit: c.budget.max, Waited: waited, Err: ctx.Err()}
 			}
 			return nil, c.connectError(ctx, tenant, e, err)
 		}
+		if waited == 0 {
+			c.log(ctx, slog.LevelDebug, "tenantpg: waiting for the connection budget", slog.String("tenant", tenant),
+				slog.Int("limit", c.budget.max), slog.Int64("open", c.budget.open.Load()), slog.Int("waiting", int(c.budget.waiting.Load())))
+		}
 		if _, err := c.budget.wait(ctx, &cc.state, e, tenant, &waited); err != nil {
-			c.log("tenantpg: connection budget exhausted", "tenant", tenant, "waited", waited)
+			if err != ErrClosed {
+				c.log(ctx, slog.LevelWarn, "tenantpg: connection budget exhausted", slog.String("tenant", tenant),
+					slog.Int("limit", c.budget.max), slog.Duration("waited", waited))
+			}
 			return nil, err
 		}
 	}
@@ -160,14 +189,17 @@ func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (d
 func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntry, err error) error {
 	var ie *IdentityError
 	if errors.As(err, &ie) {
-		c.log("tenantpg: identity check failed", "tenant", tenant, "field", ie.Field, "got", ie.Got, "want", ie.Want)
+		c.log(ctx, slog.LevelError, "tenantpg: identity check failed", slog.String("tenant", tenant), slog.String("target", e.target),
+			slog.String("field", ie.Field), slog.String("got", ie.Got), slog.String("want", ie.Want))
 		return ie
 	}
-	if _, ok := rejection(err); ok {
+	if pe, ok := rejection(err); ok {
 		e.rejections.Add(1)
+		c.rejections.Add(1)
 		re := c.rejects.put(tenant, err)
 		c.set.unmap(tenant, e)
-		c.log("tenantpg: tenant rejected", "tenant", tenant, "error", err.Error())
+		c.log(ctx, slog.LevelWarn, "tenantpg: tenant rejected", slog.String("tenant", tenant), slog.String("target", e.target),
+			slog.String("code", pe.Code), slog.String("error", err.Error()))
 		return re
 	}
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
@@ -203,7 +235,12 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 			return err
 		}
 		if userAfter != nil {
-			return userAfter(ctx, conn)
+			if err := userAfter(ctx, conn); err != nil {
+				return err
+			}
+		}
+		if !settleConn(conn.PgConn().Conn()) {
+			return errAbandoned
 		}
 		return nil
 	}
@@ -267,8 +304,9 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 	return e.pool, nil
 }
 
-func (c *Connector) log(msg string, args ...any) {
+// log sends an event to Config.Logger, if any.
+func (c *Connector) log(ctx context.Context, level slog.Level, msg string, attrs ...slog.Attr) {
 	if l := c.settings.cfg.Logger; l != nil {
-		l.Info(msg, args...)
+		l.LogAttrs(ctx, level, msg, attrs...)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 
 // poolEntry is one pgxpool.Pool and the tenants routed to it.
 type poolEntry struct {
+	id        uint64 // unique per Connector, for stats and logs
 	key       string
 	target    string // user@host:port/database, for stats and logs
 	pool      *pgxpool.Pool
@@ -35,6 +37,8 @@ type poolEntry struct {
 
 	rejections atomic.Int64
 	dials      atomic.Int64 // physical connections opened
+	evicted    atomic.Int64 // idle connections closed for the budget
+	handedOff  atomic.Int64 // released connections closed for budget waiters
 }
 
 func (e *poolEntry) touch() { e.lastUsed.Store(time.Now().UnixNano()) }
@@ -51,6 +55,7 @@ type poolSet struct {
 
 	created atomic.Int64
 	reaped  atomic.Int64
+	nextID  atomic.Uint64
 }
 
 type resolveCall struct {
@@ -162,6 +167,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 		return e, nil
 	}
 	e := &poolEntry{
+		id:      s.nextID.Add(1),
 		key:     key,
 		target:  fmt.Sprintf("%s@%s:%d/%s", pc.ConnConfig.User, pc.ConnConfig.Host, pc.ConnConfig.Port, pc.ConnConfig.Database),
 		tenants: map[string]struct{}{tenant: {}},
@@ -183,7 +189,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 	e.inflight.Add(1)
 	s.mu.Unlock()
 	s.created.Add(1)
-	s.c.log("tenantpg: pool created", "tenant", tenant, "target", e.target)
+	s.c.log(ctx, slog.LevelInfo, "tenantpg: pool created", slog.String("tenant", tenant), slog.String("target", e.target), slog.Uint64("pool", e.id))
 	return e, nil
 }
 
@@ -230,15 +236,20 @@ func removableLocked(e *poolEntry) bool {
 	return st.AcquiredConns() == 0 && st.ConstructingConns() == 0
 }
 
-// removeLocked unmaps e; the caller closes its pool outside the lock.
-func (s *poolSet) removeLocked(e *poolEntry) {
+// removeLocked unmaps e and returns the tenants it served; the caller
+// closes its pool outside the lock.
+func (s *poolSet) removeLocked(e *poolEntry) []string {
 	e.removed = true
 	delete(s.targets, e.key)
+	tenants := make([]string, 0, len(e.tenants))
 	for t := range e.tenants {
+		tenants = append(tenants, t)
 		if s.tenants[t] == e {
 			delete(s.tenants, t)
 		}
 	}
+	slices.Sort(tenants)
+	return tenants
 }
 
 // evictOne closes one idle connection of the least recently used pool
@@ -272,17 +283,22 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 		_ = victim.Close(ctx)
 		cancel()
 		s.c.budget.evictConns.Add(1)
+		e.evicted.Add(1)
+		s.c.log(context.Background(), slog.LevelDebug, "tenantpg: idle connection closed for the connection budget",
+			slog.String("target", e.target), slog.Uint64("pool", e.id), slog.Uint64("for_pool", self.id))
 		if inactive && e.open.Load() == 0 {
 			s.mu.Lock()
 			closeIt := removableLocked(e) && e.open.Load() == 0
+			var tenants []string
 			if closeIt {
-				s.removeLocked(e)
+				tenants = s.removeLocked(e)
 			}
 			s.mu.Unlock()
 			if closeIt {
 				e.pool.Close()
 				s.c.budget.evictPools.Add(1)
-				s.c.log("tenantpg: idle pool closed for the connection budget", "target", e.target)
+				s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", "budget"),
+					slog.String("target", e.target), slog.Uint64("pool", e.id), slog.Any("tenants", tenants))
 			}
 		}
 		return true
@@ -293,21 +309,30 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 // reap closes pools unused for longer than idle and pools left without
 // tenants. It returns how many it closed.
 func (s *poolSet) reap(now time.Time, idle time.Duration) int {
-	var victims []*poolEntry
+	type victim struct {
+		e       *poolEntry
+		reason  string
+		tenants []string
+	}
+	var victims []victim
 	s.mu.Lock()
 	for _, e := range s.targets {
 		stale := idle > 0 && now.UnixNano()-e.lastUsed.Load() > int64(idle)
 		if (stale || len(e.tenants) == 0) && removableLocked(e) {
-			s.removeLocked(e)
-			victims = append(victims, e)
+			reason := "idle"
+			if len(e.tenants) == 0 {
+				reason = "no tenants" // its tenants were rejected
+			}
+			victims = append(victims, victim{e, reason, s.removeLocked(e)})
 		}
 	}
 	s.compactLocked()
 	s.mu.Unlock()
-	for _, e := range victims {
-		e.pool.Close()
+	for _, v := range victims {
+		v.e.pool.Close()
 		s.reaped.Add(1)
-		s.c.log("tenantpg: idle pool closed", "target", e.target)
+		s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", v.reason),
+			slog.String("target", v.e.target), slog.Uint64("pool", v.e.id), slog.Any("tenants", v.tenants))
 	}
 	return len(victims)
 }

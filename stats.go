@@ -28,6 +28,7 @@ type Stats struct {
 	PoolsCreated int64
 	PoolsReaped  int64 // pools closed after tenant_pool_idle
 	Rejected     int   // tenants in the negative cache now
+	Rejections   int64 // tenants rejected by the server so far (cached repeats not counted)
 	NoTenant     int64 // checkouts without a tenant (answered without a connection)
 	Pools        []PoolStats
 }
@@ -35,13 +36,16 @@ type Stats struct {
 // PoolStats describes one tenant pool. Tenants that resolve to the same
 // target share a pool and are listed together.
 type PoolStats struct {
+	ID         uint64   // unique per Connector; a reaped and recreated pool gets a new one
 	Target     string   // user@host:port/database (no password)
 	Tenants    []string // sorted
 	OpenConns  int      // physical connections of this pool
 	Dials      int64    // physical connections this pool opened
 	Created    time.Time
 	LastUsed   time.Time
-	Rejections int64
+	Rejections int64         // logins of this pool rejected by the server
+	Evicted    int64         // idle connections closed for the budget
+	HandedOff  int64         // released connections closed for budget waiters
 	Pool       *pgxpool.Stat // pgxpool's own figures
 }
 
@@ -70,6 +74,7 @@ func (c *Connector) Stats() Stats {
 		PoolsCreated: c.set.created.Load(),
 		PoolsReaped:  c.set.reaped.Load(),
 		Rejected:     c.rejects.len(),
+		Rejections:   c.rejections.Load(),
 		NoTenant:     c.noTenant.Load(),
 	}
 	for _, s := range c.set.entries() {
@@ -80,7 +85,10 @@ func (c *Connector) Stats() Stats {
 			Dials:      s.e.dials.Load(),
 			Created:    s.e.created,
 			LastUsed:   time.Unix(0, s.e.lastUsed.Load()),
+			ID:         s.e.id,
 			Rejections: s.e.rejections.Load(),
+			Evicted:    s.e.evicted.Load(),
+			HandedOff:  s.e.handedOff.Load(),
 			Pool:       s.e.pool.Stat(),
 		})
 	}

@@ -41,6 +41,7 @@ func (t *releaseTracer) TraceRelease(pool *pgxpool.Pool, data pgxpool.TraceRelea
 		_ = data.Conn.Close(ctx)
 		cancel()
 		t.b.closeOnWait.Add(1)
+		t.e.handedOff.Add(1)
 	}
 }
 

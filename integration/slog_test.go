@@ -97,13 +97,12 @@ func (h *logCapture) messages() []string {
 	return out
 }
 
-// want checks that r is an Info record whose attributes have exactly the
-// given keys, with the given string values where one is given ("" means
-// any value).
-func (r logRecord) want(t *testing.T, attrs map[string]string) {
+// want checks that r has the level and exactly the given attribute keys,
+// with the given string values where one is given ("" means any value).
+func (r logRecord) want(t *testing.T, level slog.Level, attrs map[string]string) {
 	t.Helper()
-	if r.level != slog.LevelInfo {
-		t.Errorf("%q: level %v, want INFO", r.msg, r.level)
+	if r.level != level {
+		t.Errorf("%q: level %v, want %v", r.msg, r.level, level)
 	}
 	if !strings.HasPrefix(r.msg, "tenantpg: ") {
 		t.Errorf("%q: message lacks the tenantpg: prefix", r.msg)
@@ -167,10 +166,10 @@ func TestSlogEvents(t *testing.T) {
 		if len(created) != 1 {
 			t.Fatalf("%d pool created events for one pool", len(created))
 		}
-		created[0].want(t, map[string]string{"tenant": "t01", "target": target("t01")})
+		created[0].want(t, slog.LevelInfo, map[string]string{"tenant": "t01", "target": target("t01"), "pool": ""})
 
-		// The event names the pool's target only, not its tenants.
-		h.wait(t, "tenantpg: idle pool closed", 5*time.Second).want(t, map[string]string{"target": target("t01")})
+		h.wait(t, "tenantpg: pool closed", 5*time.Second).want(t, slog.LevelInfo,
+			map[string]string{"reason": "idle", "target": target("t01"), "pool": "", "tenants": "[t01]"})
 	})
 
 	t.Run("pool closed for the budget", func(t *testing.T) {
@@ -183,8 +182,10 @@ func TestSlogEvents(t *testing.T) {
 		}
 		// t02's connection evicted t01's idle one, which left t01's pool
 		// empty and unused, so it was closed.
-		h.wait(t, "tenantpg: idle pool closed for the connection budget", time.Second).
-			want(t, map[string]string{"target": target("t01")})
+		h.wait(t, "tenantpg: pool closed", time.Second).
+			want(t, slog.LevelInfo, map[string]string{"reason": "budget", "target": target("t01"), "pool": "", "tenants": "[t01]"})
+		h.wait(t, "tenantpg: idle connection closed for the connection budget", time.Second).
+			want(t, slog.LevelDebug, map[string]string{"target": target("t01"), "pool": "", "for_pool": ""})
 		if n := len(h.records("tenantpg: pool created")); n != 2 {
 			t.Fatalf("%d pool created events, want 2", n)
 		}
@@ -202,7 +203,7 @@ func TestSlogEvents(t *testing.T) {
 		if len(rs) != 1 {
 			t.Fatalf("%d rejection events for 10 requests, want 1", len(rs))
 		}
-		rs[0].want(t, map[string]string{"tenant": "nosuch", "error": ""})
+		rs[0].want(t, slog.LevelWarn, map[string]string{"tenant": "nosuch", "target": target("nosuch"), "code": "28P01", "error": ""})
 		// The server's error, SQLSTATE included, is only in the text.
 		if msg := rs[0].attrs["error"].String(); !strings.Contains(msg, `"app.nosuch"`) || !strings.Contains(msg, "SQLSTATE 28P01") {
 			t.Fatalf("error attribute %q does not carry the server's message", msg)
@@ -224,8 +225,10 @@ func TestSlogEvents(t *testing.T) {
 		if !errors.As(err, &be) {
 			t.Fatalf("err = %v, want *BudgetError", err)
 		}
+		h.wait(t, "tenantpg: waiting for the connection budget", time.Second).
+			want(t, slog.LevelDebug, map[string]string{"tenant": "t02", "limit": "1", "open": "1", "waiting": "0"})
 		r := h.wait(t, "tenantpg: connection budget exhausted", time.Second)
-		r.want(t, map[string]string{"tenant": "t02", "waited": ""})
+		r.want(t, slog.LevelWarn, map[string]string{"tenant": "t02", "limit": "1", "waited": ""})
 		if w := r.attrs["waited"]; w.Kind() != slog.KindDuration || w.Duration() < 50*time.Millisecond {
 			t.Fatalf("waited = %v (%v), want a duration near 100ms", w, w.Kind())
 		}
@@ -241,6 +244,7 @@ func TestSlogEvents(t *testing.T) {
 		_, err = db.ExecContext(tenantpg.WithTenant(testCtx(t), "t01"), "select 1")
 		mustErrIs(t, err, tenantpg.ErrIdentityMismatch)
 		h.wait(t, "tenantpg: identity check failed", time.Second).
-			want(t, map[string]string{"tenant": "t01", "field": "user", "got": "app.t01", "want": env.SuperUser})
+			want(t, slog.LevelError, map[string]string{"tenant": "t01", "target": fmt.Sprintf("%s@%s:%d/%s", env.SuperUser, env.Host, env.PGPort, env.AppDatabase),
+				"field": "user", "got": "app.t01", "want": env.SuperUser})
 	})
 }
