@@ -357,7 +357,7 @@ func (s *poolSet) compactLocked() {
 }
 
 // compactMin is the map size below which compaction is not worth it.
-const compactMin = 1024
+const compactMin = 256
 
 // closeAll removes every entry and closes its pool, waiting for checked out
 // connections to come back.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -315,7 +316,8 @@ func (b *bench) huge(ctx context.Context, r *report) error {
 	ids := tenantIDs(n)
 	b.waitServerConns(ctx, 0)
 	dsn := withParams(b.settingURL(), fmt.Sprintf("tenant_max_conns=%d", budget), "pool_max_conns=2", "tenant_pool_idle=2s", "application_name=huge")
-	before := heapInUse()
+	before := heapLive()
+	writeHeap(b.o.memprofile, "before")
 	db := mustOpenDB(dsn)
 	defer db.Close()
 	var next int64
@@ -332,7 +334,7 @@ func (b *bench) huge(ctx context.Context, r *report) error {
 			case <-stop:
 				return
 			case <-t.C:
-				if h := heapInUse(); h > peakHeap {
+				if h := heapLive(); h > peakHeap {
 					peakHeap = h
 				}
 			}
@@ -343,7 +345,10 @@ func (b *bench) huge(ctx context.Context, r *report) error {
 		k := next
 		next++
 		mu.Unlock()
-		t := ids[k%int64(len(ids))]
+		if k >= int64(len(ids)) {
+			return errStop
+		}
+		t := ids[k]
 		return checkSetting(tenantpg.WithTenant(ctx, t), db, t)
 	}}
 	// Run until every tenant was served once.
@@ -365,11 +370,12 @@ func (b *bench) huge(ctx context.Context, r *report) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	reapTook := time.Since(reapStart)
-	after := heapInUse()
+	after := heapLive()
+	writeHeap(b.o.memprofile, "after")
 	stAfter, _ := tenantpg.DBStats(db)
 	r.section(fmt.Sprintf("3. %d tenants round-robin, budget %d", n, budget),
 		fmt.Sprintf("%d workers, each query for the next tenant in turn (so nearly every query needs a connection its tenant does not have), "+
-			"`tenant_max_conns=%d`, `pool_max_conns=2`, `tenant_pool_idle=2s`. Heap is `runtime.MemStats.HeapInuse` after a GC.", workers, budget))
+			"`tenant_max_conns=%d`, `pool_max_conns=2`, `tenant_pool_idle=2s`. Heap is the live heap (`runtime.MemStats.HeapAlloc` after two GCs) of the benchmark process; \"before\" is taken before the `*sql.DB` is opened.", workers, budget))
 	r.printf("| figure | value |\n|---|---|\n")
 	r.printf("| queries | %d (%d errors%s) |\n", res.ops, res.errs, errNote(res.firstErr))
 	r.printf("| throughput | %.0f queries/s |\n", res.opsPerSec)
@@ -389,30 +395,41 @@ func (b *bench) huge(ctx context.Context, r *report) error {
 
 // runUntil runs c until done reports true.
 func runUntil(ctx context.Context, c contender, workers int, done func() bool, count sampler) runResult {
-	cctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
-		for !done() {
+		for !done() && rctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond)
 		}
 		cancel()
 	}()
-	return runOnce(ctx, contender{name: c.name, app: c.app, op: func(ctx context.Context, w, i int) error {
-		if cctx.Err() != nil {
-			time.Sleep(time.Millisecond)
-			return nil
-		}
-		return c.op(ctx, w, i)
-	}}, workers, time.Hour, count)
+	return runWhile(ctx, rctx, c, workers, count)
 }
 
-func heapInUse() uint64 {
+// writeHeap writes a heap profile to prefix-stage.pprof when prefix is set.
+func writeHeap(prefix, stage string) {
+	if prefix == "" {
+		return
+	}
+	f, err := os.Create(prefix + "-" + stage + ".pprof")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_ = pprof.Lookup("heap").WriteTo(f, 0)
+}
+
+// heapLive returns the live heap (HeapAlloc) after two collections: the
+// bytes of reachable objects. HeapInuse would add the free slots of spans
+// that still hold a live object, which after a burst of allocations
+// measures fragmentation rather than what is retained.
+func heapLive() uint64 {
 	runtime.GC()
 	runtime.GC()
 	debug.FreeOSMemory()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return m.HeapInuse
+	return m.HeapAlloc
 }
 
 // cold: the first query of a tenant against its second.

@@ -27,6 +27,8 @@ type options struct {
 	only     string
 	out      string
 	svg      string
+
+	memprofile string
 }
 
 func main() {
@@ -37,9 +39,13 @@ func main() {
 	flag.StringVar(&o.only, "only", "", "comma separated scenarios to run: single,many,huge,cold,checkout,chart (default all)")
 	flag.StringVar(&o.out, "out", "", "write the Markdown report here (default stdout only)")
 	flag.StringVar(&o.svg, "svg", "", "write the throughput chart here")
+	flag.StringVar(&o.memprofile, "memprofile", "", "write heap profiles PREFIX-before.pprof and PREFIX-after.pprof around the huge scenario")
 	flag.Parse()
 	if o.quick {
 		o.rounds, o.duration = 2, 300*time.Millisecond
+	}
+	if o.memprofile != "" {
+		runtime.MemProfileRate = 1
 	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "tenantpg-bench:", err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -30,16 +31,25 @@ type runResult struct {
 	serverKnown bool
 }
 
+// errStop ends a worker without counting an operation.
+var errStop = errors.New("stop")
+
 // sampler counts the server connections whose application_name is app.
 type sampler func(ctx context.Context, app string) (int, error)
 
 // runOnce runs c with workers goroutines for dur.
 func runOnce(ctx context.Context, c contender, workers int, dur time.Duration, count sampler) runResult {
+	rctx, cancel := context.WithTimeout(ctx, dur)
+	defer cancel()
+	return runWhile(ctx, rctx, c, workers, count)
+}
+
+// runWhile runs c with workers goroutines until rctx ends; operations get
+// ctx, so that the end of the run does not cancel them halfway.
+func runWhile(ctx, rctx context.Context, c contender, workers int, count sampler) runResult {
 	var ops, errs atomic.Int64
 	var firstErr atomic.Value
 	lats := make([][]time.Duration, workers)
-	rctx, cancel := context.WithTimeout(ctx, dur)
-	defer cancel()
 	peak := 0
 	peakDone := make(chan struct{})
 	go func() {
@@ -68,10 +78,11 @@ func runOnce(ctx context.Context, c contender, workers int, dur time.Duration, c
 			defer wg.Done()
 			for i := 0; rctx.Err() == nil; i++ {
 				t0 := time.Now()
-				// Operations get the parent context: a run's end must not
-				// cancel a query halfway and count it as an error.
 				err := c.op(ctx, w, i)
 				d := time.Since(t0)
+				if err == errStop {
+					return
+				}
 				if err != nil {
 					if errs.Add(1) == 1 {
 						firstErr.Store(err)
