@@ -58,7 +58,7 @@ func TestBudgetCapsPhysicalConnections(t *testing.T) {
 	samplesCh := watch(t, env, c, stop)
 	// Most queries find their tenant without a connection, so this measures
 	// connection churn under the budget: keep it short in make test.
-	const ops = 1000
+	const ops = 600
 	errs := hammer(t, ids, 32, ops, func(ctx context.Context, tenant string, _ int) error {
 		u, err := queryString(ctx, db, "select current_user")
 		if err == nil && u != "app."+tenant {

@@ -59,7 +59,7 @@ func hammer(t *testing.T, ids []string, workers, ops int, op func(ctx context.Co
 }
 
 // hammerTimeout bounds every operation of hammer.
-var hammerTimeout = 60 * time.Second
+var hammerTimeout = 2 * time.Minute
 
 func TestBouncerUserRouting(t *testing.T) {
 	env := pgtest.Shared(t)
