@@ -8,7 +8,7 @@ GO ?= go
 # Prometheus) out of the library's go.mod. Each is tested on its own.
 MODULES := . $(patsubst %/go.mod,%,$(wildcard */go.mod */*/go.mod))
 
-.PHONY: test demo bench servers fmt
+.PHONY: test demo bench bench-report servers fmt
 
 ## servers: install PostgreSQL and PgBouncer when missing (root on Debian)
 servers:
@@ -29,9 +29,13 @@ test: servers
 demo: servers
 	cd cmd/tenantpg-demo && $(GO) run .
 
-## bench: exec-mode and routing benchmarks on throwaway servers
+## bench: Go benchmarks (exec modes, checkout, many tenants) on throwaway servers
 bench: servers
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3000x ./...
+
+## bench-report: the interleaved comparisons of docs/benchmarks.md and its chart (about 15 minutes)
+bench-report: servers
+	$(GO) run ./cmd/tenantpg-bench -out docs/benchmarks.md -svg docs/benchmarks.svg
 
 fmt:
 	gofmt -w .
