@@ -2,6 +2,7 @@ package tenantpg
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -99,7 +100,8 @@ var errBudgetFull error = budgetFullError{}
 // reserved there for the next dial of the same call.
 type callState struct {
 	reserved atomic.Bool
-	done     bool // guarded by budget.mu: the Connect call has returned
+	done     bool     // guarded by budget.mu: the Connect call has returned
+	setups   []*setup // guarded by budget.mu: connections set up for the call
 }
 
 type callStateKey struct{}
@@ -300,14 +302,114 @@ func (b *budget) handOff() {
 }
 
 // finish ends a Connect call: a reservation it did not use goes back, and
-// connections still being set up for it release their slots normally.
+// connections still being set up for it are abandoned (see setup), so that
+// an attempt to a server that never answers holds its slot no longer than
+// its caller waits.
 func (b *budget) finish(st *callState) {
 	b.mu.Lock()
 	st.done = true
 	had := st.reserved.Swap(false)
+	setups := st.setups
+	st.setups = nil
 	b.mu.Unlock()
+	for _, s := range setups {
+		s.abandon()
+	}
 	if had {
 		b.handOff()
+	}
+}
+
+// setup is one physical connection being set up for a Connect call.
+// pgxpool builds connections on a goroutine that outlives a caller who gave
+// up, with no deadline unless connect_timeout is set; against a server that
+// accepts and never answers (or a dial that never completes) it would hold
+// its budget slot until the pool closes. When the call returns first, the
+// setup is abandoned: its dial is cancelled or its socket closed, and the
+// slot goes back.
+type setup struct {
+	mu     sync.Mutex
+	state  uint8 // setupDialing, setupOpen, setupSettled, setupAbandoned
+	cancel context.CancelFunc
+	conn   net.Conn
+}
+
+const (
+	setupDialing uint8 = iota
+	setupOpen
+	setupSettled
+	setupAbandoned
+)
+
+// errAbandoned fails a connection whose Connect call returned before it was
+// set up; nobody waits for the error.
+var errAbandoned = errors.New("tenantpg: connection attempt abandoned: its caller gave up")
+
+// track registers a setup for the call st and returns the context to dial
+// with. It returns a nil setup when there is no call (dials for users of
+// Pool) and errAbandoned when the call has already returned.
+func (b *budget) track(ctx context.Context, st *callState) (*setup, context.Context, error) {
+	if st == nil {
+		return nil, ctx, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &setup{cancel: cancel}
+	b.mu.Lock()
+	gone := st.done
+	if !gone {
+		st.setups = append(st.setups, s)
+	}
+	b.mu.Unlock()
+	if gone {
+		cancel()
+		return nil, ctx, errAbandoned
+	}
+	return s, ctx, nil
+}
+
+// opened records the dialed socket and reports false if the setup was
+// abandoned during the dial.
+func (s *setup) opened(c net.Conn) bool {
+	if s == nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == setupAbandoned {
+		return false
+	}
+	s.state, s.conn = setupOpen, c
+	return true
+}
+
+// settle ends the setup (the connection is ready, or its dial failed) and
+// reports false if it was abandoned first.
+func (s *setup) settle() bool {
+	if s == nil {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == setupAbandoned {
+		return false
+	}
+	s.state = setupSettled
+	return true
+}
+
+// abandon cancels the dial or closes the socket of an unsettled setup.
+func (s *setup) abandon() {
+	s.mu.Lock()
+	if s.state == setupSettled || s.state == setupAbandoned {
+		s.mu.Unlock()
+		return
+	}
+	s.state = setupAbandoned
+	c := s.conn
+	s.mu.Unlock()
+	s.cancel()
+	if c != nil {
+		c.Close()
 	}
 }
 
@@ -331,6 +433,13 @@ func (b *budget) shouldYield(e *poolEntry) bool {
 		}
 	}
 	return false
+}
+
+// full reports whether every slot is taken.
+func (b *budget) full() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.max > 0 && b.used >= b.max
 }
 
 // holderList returns the entries that hold connections, except self.
@@ -362,13 +471,22 @@ func (b *budget) dialer(base pgconn.DialFunc, e *poolEntry, st *callState) pgcon
 		}
 		b.dials.Add(1)
 		e.dials.Add(1)
-		nc, err := base(ctx, network, addr)
+		s, dctx, err := b.track(ctx, st)
 		if err != nil {
 			b.releaseToCall(e, st)
 			return nil, err
 		}
+		nc, err := base(dctx, network, addr)
+		if s != nil {
+			s.cancel() // a connected socket does not depend on the dial context
+		}
+		if err != nil {
+			s.settle()
+			b.releaseToCall(e, st)
+			return nil, err
+		}
 		held.Store(true)
-		bc := &budgetConn{Conn: nc}
+		bc := &budgetConn{Conn: nc, setup: s}
 		bc.release = func() {
 			held.Store(false)
 			if bc.established.Load() {
@@ -376,6 +494,10 @@ func (b *budget) dialer(base pgconn.DialFunc, e *poolEntry, st *callState) pgcon
 			} else {
 				b.releaseToCall(e, st)
 			}
+		}
+		if !s.opened(bc) {
+			bc.Close()
+			return nil, errAbandoned
 		}
 		return bc, nil
 	}
@@ -387,6 +509,7 @@ type budgetConn struct {
 	once        sync.Once
 	release     func()
 	established atomic.Bool // set once the connection passed the startup and checks
+	setup       *setup      // nil for dials outside a Connect call
 }
 
 func (c *budgetConn) Close() error {
@@ -398,10 +521,24 @@ func (c *budgetConn) Close() error {
 // markEstablished flags the budgetConn under a connection (possibly wrapped
 // in TLS) as established.
 func markEstablished(nc net.Conn) {
+	if bc := asBudgetConn(nc); bc != nil {
+		bc.established.Store(true)
+	}
+}
+
+// settleConn ends the setup of the budgetConn under a connection that is
+// ready for its pool, and reports false if its Connect call gave up first.
+func settleConn(nc net.Conn) bool {
+	if bc := asBudgetConn(nc); bc != nil {
+		return bc.setup.settle()
+	}
+	return true
+}
+
+func asBudgetConn(nc net.Conn) *budgetConn {
 	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
 		nc = t.NetConn()
 	}
-	if bc, ok := nc.(*budgetConn); ok {
-		bc.established.Store(true)
-	}
+	bc, _ := nc.(*budgetConn)
+	return bc
 }

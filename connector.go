@@ -130,20 +130,30 @@ func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntr
 	if err == nil {
 		e.verified.Store(true)
 	}
+	var be *BudgetError
+	if errors.As(err, &be) {
+		be.Waited = max(be.Waited, time.Since(start)) // waiting for the probe counts
+	}
 	return conn, err
 }
 
 // probeWaitError is the error of a caller whose context ended while it
 // waited for another caller's attempt on a pool that never connected: a
-// *BudgetError if that attempt waits for the budget (the pool holds no slot
-// and the budget is full), like the attempt itself gets, or else the
-// context's error.
+// *BudgetError if only the budget held that attempt up (see budgetBlocked),
+// like the attempt itself gets, or else the context's error.
 func (c *Connector) probeWaitError(ctx context.Context, tenant string, e *poolEntry, start time.Time) error {
-	if c.budget.max > 0 && e.open.Load() == 0 && c.budget.full() {
+	if c.budgetBlocked(e) {
 		c.budget.timeouts.Add(1)
 		return &BudgetError{Tenant: tenant, Limit: c.budget.max, Waited: time.Since(start), Err: ctx.Err()}
 	}
 	return ctx.Err()
+}
+
+// budgetBlocked reports whether nothing but the budget keeps e from a new
+// connection: every slot is taken and none by e, so no dial of e is under
+// way that could succeed.
+func (c *Connector) budgetBlocked(e *poolEntry) bool {
+	return c.budget.max > 0 && e.open.Load() == 0 && c.budget.full()
 }
 
 func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (driver.Conn, error) {
@@ -163,7 +173,7 @@ func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (d
 			return conn, nil
 		}
 		if !errors.Is(err, errBudgetFull) {
-			if ctx.Err() != nil && waited > 0 {
+			if ctx.Err() != nil && (waited > 0 || c.budgetBlocked(e)) {
 				c.budget.timeouts.Add(1)
 				c.log(ctx, slog.LevelWarn, "tenantpg: connection budget exhausted", slog.String("tenant", tenant),
 					slog.Int("limit", c.budget.max), slog.Duration("waited", waited))
