@@ -107,6 +107,7 @@ func run(o options) error {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
+	r.targetsSection()
 	fmt.Print(r.String())
 	if o.out != "" {
 		if err := os.WriteFile(o.out, []byte(r.String()), 0o644); err != nil {

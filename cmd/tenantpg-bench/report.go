@@ -11,9 +11,20 @@ import (
 // report collects the Markdown output and the figures the targets check.
 type report struct {
 	b       strings.Builder
-	targets []string
+	ratios  []ratioResult
 	routing []routingResult
 	huge    *hugeResult
+	many    *manyResult
+}
+
+// ratioResult is a tenantpg contender's median against a baseline's.
+type ratioResult struct {
+	caption, name, baseline string
+	ratio                   float64
+}
+
+type manyResult struct {
+	tenantpg, mapDB, perQuery summary
 }
 
 type routingResult struct {
@@ -65,7 +76,7 @@ func (r *report) throughputTable(caption string, res []summary, baseline string,
 		}
 		r.printf("\n")
 		if strings.HasPrefix(s.name, "tenantpg") {
-			r.targets = append(r.targets, fmt.Sprintf("%s: %s %.2fx %s", caption, s.name, ratio, baseline))
+			r.ratios = append(r.ratios, ratioResult{caption: caption, name: s.name, baseline: baseline, ratio: ratio})
 		}
 	}
 	r.printf("\n")
@@ -96,3 +107,39 @@ func round(d time.Duration) string {
 }
 
 func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// targetsSection prints the targets against what this run measured.
+func (r *report) targetsSection() {
+	r.printf("## Targets\n\n| target | measured | met |\n|---|---|---|\n")
+	yes := func(ok bool) string {
+		if ok {
+			return "yes"
+		}
+		return "**no**"
+	}
+	for _, x := range r.ratios {
+		if x.baseline != "stdlib.OpenDB" {
+			continue
+		}
+		r.printf("| one tenant, %s: at least 1.00x stdlib.OpenDB | %s %.2fx | %s |\n", x.caption, x.name, x.ratio, yes(x.ratio >= 1))
+	}
+	if m := r.many; m != nil {
+		ratio := m.tenantpg.median / m.mapDB.median
+		r.printf("| 100 tenants: at least 1.0x the map of *sql.DB | %.2fx | %s |\n", ratio, yes(ratio >= 1))
+		r.printf("| 100 tenants: no more server connections than the map | %d vs %d | %s |\n",
+			m.tenantpg.peakServer, m.mapDB.peakServer, yes(m.tenantpg.peakServer <= m.mapDB.peakServer))
+		pq := m.tenantpg.median / m.perQuery.median
+		r.printf("| 100 tenants: at least 50x connection per query | %.0fx | %s |\n", pq, yes(pq >= 50))
+	}
+	if h := r.huge; h != nil {
+		r.printf("| 10,000 tenants: 0 errors | %d | %s |\n", h.errs, yes(h.errs == 0))
+		r.printf("| 10,000 tenants: server connections never above the budget | peak %d held, %d server backends, budget %d | %s |\n",
+			h.peakConns, h.peakServer, h.budget, yes(h.peakConns <= h.budget && h.peakServer <= h.budget))
+		r.printf("| 10,000 tenants: memory back within 10%% of the start after reaping | after/before %.2f | %s |\n", h.memRatio, yes(h.memRatio <= 1.10))
+	}
+	for _, x := range r.routing {
+		r.printf("| routing (%s): under 1 µs and at most 4 allocations per checkout over OpenDBFromPool | %+.0f ns, %+.0f allocs | %s |\n",
+			x.name, x.overNs, x.overAllocs, yes(x.overNs < 1000 && x.overAllocs <= 4))
+	}
+	r.printf("\n")
+}
