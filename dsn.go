@@ -1,6 +1,7 @@
 package tenantpg
 
 import (
+	"fmt"
 	"net/url"
 	"strings"
 )
@@ -22,17 +23,24 @@ func splitDSN(dsn string) (rest string, tenant map[string]string, keys map[strin
 func splitURL(dsn string) (string, map[string]string, map[string]bool, error) {
 	tenant := map[string]string{}
 	keys := map[string]bool{}
-	base, query, hasQuery := strings.Cut(dsn, "?")
-	if !hasQuery {
+	// The query starts at the first '?' after the user info, which, as for
+	// libpq and pgx, ends at a '@' seen before any '/' and may contain '?'.
+	after := strings.Index(dsn, "://") + len("://")
+	if i := strings.IndexAny(dsn[after:], "@/"); i >= 0 && dsn[after+i] == '@' {
+		after += i + 1
+	}
+	q := strings.IndexByte(dsn[after:], '?')
+	if q < 0 {
 		return dsn, tenant, keys, nil
 	}
+	base, query := dsn[:after+q], dsn[after+q+1:]
 	var kept []string
 	for _, seg := range strings.Split(query, "&") {
 		if seg == "" {
 			continue
 		}
 		rawKey, rawVal, _ := strings.Cut(seg, "=")
-		key, err := url.QueryUnescape(rawKey)
+		key, err := uriDecode(rawKey)
 		if err != nil {
 			return "", nil, nil, invalidConfig("DSN query parameter %q: %v", rawKey, err)
 		}
@@ -41,7 +49,7 @@ func splitURL(dsn string) (string, map[string]string, map[string]bool, error) {
 			kept = append(kept, seg)
 			continue
 		}
-		val, err := url.QueryUnescape(rawVal)
+		val, err := uriDecode(rawVal)
 		if err != nil {
 			return "", nil, nil, invalidConfig("DSN parameter %s: %v", key, err)
 		}
@@ -54,6 +62,23 @@ func splitURL(dsn string) (string, map[string]string, map[string]bool, error) {
 		return base, tenant, keys, nil
 	}
 	return base + "?" + strings.Join(kept, "&"), tenant, keys, nil
+}
+
+// uriDecode percent-decodes a URL query key or value as libpq and pgx do: a
+// '+' stays a '+' (tenant_pattern=[a-z]+ must not become "[a-z] "), and %00
+// is refused.
+func uriDecode(s string) (string, error) {
+	if !strings.ContainsRune(s, '%') {
+		return s, nil
+	}
+	v, err := url.PathUnescape(s)
+	if err != nil {
+		return "", err
+	}
+	if strings.IndexByte(v, 0) >= 0 {
+		return "", fmt.Errorf("forbidden value %%00 in %q", s)
+	}
+	return v, nil
 }
 
 // splitKeywordValue follows libpq's keyword/value rules: key = value pairs
@@ -103,7 +128,10 @@ func splitKeywordValue(dsn string) (string, map[string]string, map[string]bool, 
 			for len(s) > 0 && !strings.ContainsRune(" \t\n\r\v\f", rune(s[0])) {
 				c := s[0]
 				s = s[1:]
-				if c == '\\' && len(s) > 0 {
+				if c == '\\' {
+					if len(s) == 0 {
+						break // like libpq, a trailing backslash ends the value and is dropped
+					}
 					c = s[0]
 					s = s[1:]
 				}

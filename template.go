@@ -34,6 +34,9 @@ func parseTemplate(param, src string, requireTenant bool) (*template, error) {
 	if src == "" {
 		return nil, invalidConfig("%s: empty template", param)
 	}
+	if strings.IndexByte(src, 0) >= 0 {
+		return nil, invalidConfig("%s %q: template contains a NUL byte", param, src)
+	}
 	t := &template{src: src}
 	rest := src
 	hasTenant := false
