@@ -8,7 +8,7 @@ GO ?= go
 # Prometheus) out of the library's go.mod. Each is tested on its own.
 MODULES := . $(patsubst %/go.mod,%,$(wildcard */go.mod */*/go.mod))
 
-.PHONY: test demo bench bench-report servers fmt
+.PHONY: test demo bench bench-report servers fmt soak fuzz
 
 ## servers: install PostgreSQL and PgBouncer when missing (root on Debian)
 servers:
@@ -36,6 +36,19 @@ bench: servers
 ## bench-report: the interleaved comparisons of docs/benchmarks.md and its chart (about 15 minutes)
 bench-report: servers
 	$(GO) run ./cmd/tenantpg-bench -out docs/benchmarks.md -svg docs/benchmarks.svg
+
+## soak: the chaos isolation test at 500,000 operations (TENANTPG_CHAOS_OPS to change; about an hour),
+## then the fault suites, with the race detector; see docs/reliability.md
+soak: servers
+	TENANTPG_SOAK=1 $(GO) test -race -count=1 -timeout 6h -v -run 'TestChaosIsolation|TestFault' ./integration/
+
+## fuzz: run every fuzz test of the library for FUZZTIME each (default 1m); failing inputs land in testdata/fuzz
+FUZZTIME ?= 1m
+fuzz:
+	@set -e; for f in $$($(GO) test -list '^Fuzz' . | grep '^Fuzz'); do \
+		echo "== $$f"; \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . ; \
+	done
 
 fmt:
 	gofmt -w .
