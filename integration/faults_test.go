@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -273,13 +274,21 @@ type faultCase struct {
 	// at least a second (the fault held it), for faults that delay
 	// rather than fail.
 	expectStall bool
-	// noErrors: the fault must cause no error at all.
-	noErrors bool
+	// noErrors: the fault must cause no error at all, except those
+	// tolerated.
+	noErrors  bool
+	tolerated func(error) bool
 }
 
 // runFault runs one fault case against fresh *sql.DBs of env and reports
 // the measured figures.
 func runFault(t *testing.T, env *pgtest.Env, ids []string, fc faultCase) {
+	defer func() {
+		if t.Failed() {
+			logTail(t, "pgbouncer.log", env.BouncerLogPath(), 30)
+			logTail(t, "postgres.log", env.Postgres().LogPath(), 30)
+		}
+	}()
 	goroutines := goroutinesNow()
 	// The pooler route keeps database/sql's default idle pool (sql.Open);
 	// the direct one runs without (OpenDB). Both have a budget.
@@ -351,8 +360,14 @@ func runFault(t *testing.T, env *pgtest.Env, ids []string, fc faultCase) {
 	}
 	if fc.noErrors {
 		for _, r := range routes {
-			if f := r.figures(faultStart, recovered); f.errDuring != 0 {
-				t.Errorf("%s: %d errors during %s, want none: %v", r.spec.name, f.errDuring, fc.name, f.firstErrs)
+			var bad []string
+			for _, res := range r.snapshot() {
+				if res.err != nil && res.start >= faultStart && res.start <= recovered && (fc.tolerated == nil || !fc.tolerated(res.err)) {
+					bad = append(bad, res.err.Error())
+				}
+			}
+			if len(bad) != 0 {
+				t.Errorf("%s: %d errors during %s, want none: %v", r.spec.name, len(bad), fc.name, bad[:min(len(bad), 3)])
 			}
 		}
 	}
@@ -409,6 +424,17 @@ func warmUp(t *testing.T, routes ...*loadRoute) {
 			}
 		}
 	}
+}
+
+// logTail logs the last n lines of a server log.
+func logTail(t *testing.T, name, path string, n int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	t.Logf("last lines of %s:\n%s", name, strings.Join(lines[max(len(lines)-n, 0):], "\n"))
 }
 
 // faultTenants returns the tenants of the fault suites' private
@@ -469,6 +495,11 @@ func TestFaultsPgBouncer(t *testing.T) {
 		},
 		{
 			name: "pgbouncer-reconnect", affected: bouncer, noErrors: true,
+			// PgBouncer 1.18 counts a server login that RECONNECT cuts short
+			// as a failed login, and for server_login_retry fails that
+			// pool's queries with 08P01 "server login has been failing"
+			// (seen once, on a loaded machine).
+			tolerated: func(err error) bool { return strings.Contains(err.Error(), "server login has been failing") },
 			inject: func(t *testing.T, env *pgtest.Env) error {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
