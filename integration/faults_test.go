@@ -661,7 +661,7 @@ func TestFaultUnreachableTenant(t *testing.T) {
 			// The dead tenant, hammered by 8 callers with a 300 ms
 			// deadline each, for 2 s.
 			const deadline = 300 * time.Millisecond
-			var deadOps, deadLate, deadWrong atomic.Int64
+			var deadOps, deadLate, deadWrong, deadMax atomic.Int64
 			var maxHeld atomic.Int64
 			var deadWG sync.WaitGroup
 			stopDead := make(chan struct{})
@@ -676,17 +676,22 @@ func TestFaultUnreachableTenant(t *testing.T) {
 							return
 						default:
 						}
-						ctx, cancel := context.WithTimeout(tenantpg.WithTenant(context.Background(), "dead"), deadline)
 						start := time.Now()
+						ctx, cancel := context.WithTimeout(tenantpg.WithTenant(context.Background(), "dead"), deadline)
 						_, err := db.ExecContext(ctx, "select 1")
 						took := time.Since(start)
 						cancel()
 						deadOps.Add(1)
+						for old := deadMax.Load(); int64(took) > old && !deadMax.CompareAndSwap(old, int64(took)); old = deadMax.Load() {
+						}
 						if err == nil || errors.Is(err, tenantpg.ErrTenantRejected) {
 							deadWrong.Add(1)
 							t.Errorf("dead tenant: %v, want a connection error", err)
 						}
-						if took > deadline+250*time.Millisecond {
+						// A second of slack: on a loaded machine the whole
+						// process stalls now and then; what must not happen is
+						// waiting for a connect timeout, or for ever.
+						if took > deadline+time.Second {
 							deadLate.Add(1)
 							t.Errorf("dead tenant failed after %s, deadline %s: %v", took, deadline, err)
 						}
@@ -747,8 +752,8 @@ func TestFaultUnreachableTenant(t *testing.T) {
 			ratio := rate / float64(base)
 			st := stats(t, db)
 			t.Logf("FAULT unreachable-%s: healthy tenants %d ops/s before, %.0f ops/s while the dead tenant was hammered (%.0f%%), %d errors, %d budget waits; "+
-				"dead tenant: %d attempts, %d past deadline+250ms, %d accepted by the dead port, %d dials, at most %d budget slots held during, %d held and %d dials hanging after its callers left",
-				kind, base, rate, 100*ratio, healthyErrs, st.BudgetWaits, deadOps.Load(), deadLate.Load(), dead.accepted.Load(), dead.dials.Load(), maxHeld.Load(), held, dialing)
+				"dead tenant: %d attempts (slowest %s), %d past deadline+1s, %d accepted by the dead port, %d dials, at most %d budget slots held during, %d held and %d dials hanging after its callers left",
+				kind, base, rate, 100*ratio, healthyErrs, st.BudgetWaits, deadOps.Load(), time.Duration(deadMax.Load()).Round(time.Millisecond), deadLate.Load(), dead.accepted.Load(), dead.dials.Load(), maxHeld.Load(), held, dialing)
 			if ratio < 0.5 {
 				t.Errorf("healthy throughput fell to %.0f%% while one tenant was unreachable", 100*ratio)
 			}
@@ -805,13 +810,12 @@ func TestFaultBudgetExhausted(t *testing.T) {
 		waiters.Add(1)
 		go func() {
 			defer waiters.Done()
+			start := time.Now()
 			wctx, cancel := context.WithTimeout(tenantpg.WithTenant(ctx, id), deadline)
 			defer cancel()
-			start := time.Now()
 			_, err := db.ExecContext(wctx, "select 1")
 			took := time.Since(start)
-			if int64(took) > maxTook.Load() {
-				maxTook.Store(int64(took))
+			for old := maxTook.Load(); int64(took) > old && !maxTook.CompareAndSwap(old, int64(took)); old = maxTook.Load() {
 			}
 			var be *tenantpg.BudgetError
 			switch {
@@ -825,7 +829,8 @@ func TestFaultBudgetExhausted(t *testing.T) {
 			default:
 				t.Errorf("caller of %s: %v, want a *BudgetError", id, err)
 			}
-			if took < deadline || took > deadline+300*time.Millisecond {
+			// A second of slack for a loaded machine; the slowest is reported.
+			if took < deadline || took > deadline+time.Second {
 				late.Add(1)
 				t.Errorf("caller of %s returned after %s, deadline %s", id, took, deadline)
 			}
