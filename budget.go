@@ -70,7 +70,7 @@ func (w *budgetWaiter) rank() int64 {
 // retries its pool, which may have released one meanwhile; idlePollInterval
 // is the same for a waiter whose pool has none, which relies mostly on
 // hand-offs.
-const (
+var (
 	pollInterval     = 2 * time.Millisecond
 	idlePollInterval = 10 * time.Millisecond
 )
