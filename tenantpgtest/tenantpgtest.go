@@ -444,12 +444,11 @@ func (c *checker) run(ctx context.Context, tenant string, path Path, rng *rand.R
 		c.verify(tenant, path, s.String)
 	case PathCancel:
 		cctx, cancel := context.WithTimeout(tctx, time.Duration(2+rng.IntN(20))*time.Millisecond)
-		_, err := c.db.ExecContext(cctx, "select pg_sleep(0.2)")
+		// Usually cancelled mid-query; on a loaded machine the cancel
+		// request can lose the race with the 200 ms sleep, which is fine:
+		// what matters is the identity of the next checkout.
+		_, _ = c.db.ExecContext(cctx, "select pg_sleep(0.2)")
 		cancel()
-		if err == nil {
-			c.fail(tenant, path, errors.New("select pg_sleep(0.2) finished despite a context that ended before"))
-			return
-		}
 		probeOn(path, c.db, tctx)
 	case PathNoTenant:
 		_, err := c.probe(ctx, c.db)
