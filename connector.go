@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Connector is a driver.Connector that routes each connection request to
@@ -34,7 +35,7 @@ type Connector struct {
 	stop      chan struct{}
 	reaperWG  sync.WaitGroup
 
-	noTenant   atomic.Int64 // checkouts without tenant (answered by noTenantConn)
+	noTenant   atomic.Int64 // checkouts without tenant (handles left unbound)
 	rejections atomic.Int64 // tenants rejected by the server (not counting cached repeats)
 }
 
@@ -64,50 +65,69 @@ func NewConnector(cfg *Config) (*Connector, error) {
 	return c, nil
 }
 
-// OpenDB returns a *sql.DB over a new Connector for cfg, with database/sql's
-// own idle pool disabled so that every checkout reaches the tenant's pool
-// with the caller's context. Errors match ErrInvalidConfig.
+// OpenDB returns a *sql.DB over a new Connector for cfg. It lets
+// database/sql keep up to IdleHandles idle handles (see Conn): they hold no
+// server connection, so keeping many costs a few hundred bytes each and
+// spares checkouts the cost of a new handle. Errors match ErrInvalidConfig.
 func OpenDB(cfg *Config) (*sql.DB, error) {
 	c, err := NewConnector(cfg)
 	if err != nil {
 		return nil, err
 	}
 	db := sql.OpenDB(c)
-	db.SetMaxIdleConns(0)
+	db.SetMaxIdleConns(IdleHandles)
 	return db, nil
 }
 
-// Connect returns a connection from the pool of the tenant in ctx. With no
-// tenant in ctx it returns a connection that answers Ping and fails every
-// other operation with ErrNoTenant, so that a tenant-less health check does
-// not break; it opens nothing. Invalid tenants fail with ErrInvalidTenant
-// before any network I/O; rejected tenants with a *RejectedError; a full
-// budget with a *BudgetError; a session that is not the tenant's with an
-// *IdentityError.
+// IdleHandles is how many idle handles OpenDB lets database/sql keep. A
+// *sql.DB from sql.Open keeps database/sql's default of 2; call
+// db.SetMaxIdleConns with at least the number of concurrent queries for the
+// same speed.
+const IdleHandles = 1024
+
+// Connect returns a handle bound to a connection from the pool of the
+// tenant in ctx (see Conn). With no tenant in ctx the handle answers Ping
+// and fails every other operation with ErrNoTenant, so that a tenant-less
+// health check does not break; it opens nothing. Invalid tenants fail with
+// ErrInvalidTenant before any network I/O; rejected tenants with a
+// *RejectedError; a full budget with a *BudgetError; a session that is not
+// the tenant's with an *IdentityError.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
-	tenant, ok := TenantFromContext(ctx)
-	if !ok {
-		if c.closed.Load() {
-			return nil, ErrClosed
-		}
-		c.noTenant.Add(1)
-		return &noTenantConn{c: c}, nil
+	if c.closed.Load() {
+		return nil, ErrClosed
 	}
-	e, err := c.set.enter(ctx, tenant)
-	if err != nil {
+	h := &Conn{c: c}
+	if err := h.checkout(ctx); err != nil {
 		return nil, err
 	}
-	defer e.inflight.Add(-1)
-	if !e.verified.Load() {
-		return c.probeConnect(ctx, tenant, e)
+	return h, nil
+}
+
+// acquire returns a connection of tenant's pool: a parked one, or one from
+// pgxpool, which may dial (within the budget).
+func (c *Connector) acquire(ctx context.Context, tenant string) (*poolEntry, *stdlib.Conn, error) {
+	e, err := c.set.enter(ctx, tenant)
+	if err != nil {
+		return nil, nil, err
 	}
-	return c.connect(ctx, tenant, e)
+	defer e.inflight.Add(-1)
+	var sc *stdlib.Conn
+	if !e.verified.Load() {
+		sc, err = c.probeConnect(ctx, tenant, e)
+	} else {
+		sc, err = c.connect(ctx, tenant, e)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	e.checkouts.Add(1)
+	return e, sc, nil
 }
 
 // probeConnect lets one connection attempt at a time reach a pool that never
 // connected, so that a burst of requests for an unknown tenant dials once
 // and the rest fail from the negative cache.
-func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntry) (driver.Conn, error) {
+func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntry) (*stdlib.Conn, error) {
 	start := time.Now()
 	select {
 	case e.probe <- struct{}{}:
@@ -156,9 +176,9 @@ func (c *Connector) budgetBlocked(e *poolEntry) bool {
 	return c.budget.max > 0 && e.open.Load() == 0 && c.budget.full()
 }
 
-func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (driver.Conn, error) {
+func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (*stdlib.Conn, error) {
 	if c.budget.max == 0 {
-		conn, err := e.connector.Connect(ctx)
+		conn, err := e.get(ctx)
 		if err != nil {
 			return nil, c.connectError(ctx, tenant, e, err)
 		}
@@ -168,7 +188,7 @@ func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (d
 	defer c.budget.finish(&cc.state)
 	var waited time.Duration
 	for {
-		conn, err := e.connector.Connect(cc)
+		conn, err := e.get(cc)
 		if err == nil {
 			return conn, nil
 		}
@@ -259,13 +279,14 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 	}
 }
 
-// reaper closes idle pools and forgets expired rejections.
+// reaper gives connections parked too long back to pgxpool, closes idle
+// pools and forgets expired rejections.
 func (c *Connector) reaper() {
 	defer c.reaperWG.Done()
 	idle := c.settings.poolIdle
-	every := 30 * time.Second
+	every := parkMax
 	if idle > 0 {
-		every = min(max(idle/4, 50*time.Millisecond), 30*time.Second)
+		every = min(max(idle/4, 50*time.Millisecond), parkMax)
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -274,6 +295,7 @@ func (c *Connector) reaper() {
 		case <-c.stop:
 			return
 		case now := <-t.C:
+			c.set.unparkStale(now)
 			c.set.reap(now, idle)
 			c.rejects.purge(now)
 		}

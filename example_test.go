@@ -8,7 +8,6 @@ import (
 	"log"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/tenantpg/tenantpg"
 )
 
@@ -169,7 +168,7 @@ func ExamplePool() {
 	}
 	defer conn.Close()
 	err = conn.Raw(func(driverConn any) error {
-		pgxConn := driverConn.(*stdlib.Conn).Conn()
+		pgxConn := driverConn.(*tenantpg.Conn).Conn()
 		_, err := pgxConn.Exec(ctx, "listen jobs")
 		return err
 	})

@@ -35,8 +35,14 @@ type poolEntry struct {
 	verified atomic.Bool  // a connection succeeded once
 	probe    chan struct{}
 
+	parkMu    sync.Mutex
+	parked    []parked // LIFO; see park.go
+	acquiring int      // callers inside pgxpool's Acquire
+	closing   bool     // the pool is being closed: park nothing more
+
 	rejections atomic.Int64
 	dials      atomic.Int64 // physical connections opened
+	checkouts  atomic.Int64 // connections handed to handles
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
 }
@@ -227,13 +233,14 @@ func (s *poolSet) unmap(tenant string, e *poolEntry) {
 }
 
 // removableLocked reports whether e can be closed: nobody is connecting
-// through it and none of its connections is checked out or being built.
+// through it and none of its connections is checked out (parked ones do not
+// count) or being built.
 func removableLocked(e *poolEntry) bool {
 	if e.removed || e.inflight.Load() != 0 {
 		return false
 	}
 	st := e.pool.Stat()
-	return st.AcquiredConns() == 0 && st.ConstructingConns() == 0
+	return int(st.AcquiredConns()) == e.parkedLen() && st.ConstructingConns() == 0
 }
 
 // removeLocked unmaps e and returns the tenants it served; the caller
@@ -271,6 +278,7 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 				continue
 			}
 		}
+		e.unpark(1<<63 - 1) // parked connections become pgxpool's idle ones
 		idle := e.pool.AcquireAllIdle(context.Background())
 		if len(idle) == 0 {
 			continue
@@ -295,7 +303,7 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 			}
 			s.mu.Unlock()
 			if closeIt {
-				e.pool.Close()
+				e.closePool()
 				s.c.budget.evictPools.Add(1)
 				s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", "budget"),
 					slog.String("target", e.target), slog.Uint64("pool", e.id), slog.Any("tenants", tenants))
@@ -304,6 +312,21 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 		return true
 	}
 	return false
+}
+
+// unparkStale gives connections parked for longer than parkMax back to
+// pgxpool.
+func (s *poolSet) unparkStale(now time.Time) {
+	s.mu.RLock()
+	all := make([]*poolEntry, 0, len(s.targets))
+	for _, e := range s.targets {
+		all = append(all, e)
+	}
+	s.mu.RUnlock()
+	cutoff := now.UnixNano() - int64(parkMax)
+	for _, e := range all {
+		e.unpark(cutoff)
+	}
 }
 
 // reap closes pools unused for longer than idle and pools left without
@@ -329,7 +352,7 @@ func (s *poolSet) reap(now time.Time, idle time.Duration) int {
 	s.compactLocked()
 	s.mu.Unlock()
 	for _, v := range victims {
-		v.e.pool.Close()
+		v.e.closePool()
 		s.reaped.Add(1)
 		s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", v.reason),
 			slog.String("target", v.e.target), slog.Uint64("pool", v.e.id), slog.Any("tenants", v.tenants))
@@ -374,7 +397,7 @@ func (s *poolSet) closeAll() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e.pool.Close()
+			e.closePool()
 		}()
 	}
 	wg.Wait()

@@ -40,6 +40,9 @@ type PoolStats struct {
 	Target     string   // user@host:port/database (no password)
 	Tenants    []string // sorted
 	OpenConns  int      // physical connections of this pool
+	Parked     int      // connections waiting for this pool's next checkout (counted as acquired in Pool)
+	Checkouts  int64    // connections handed out, parked or from pgxpool
+	Acquiring  int      // checkouts inside pgxpool's Acquire now (waiting for a release or a dial)
 	Dials      int64    // physical connections this pool opened
 	Created    time.Time
 	LastUsed   time.Time
@@ -82,6 +85,9 @@ func (c *Connector) Stats() Stats {
 			Target:     s.e.target,
 			Tenants:    s.tenants,
 			OpenConns:  int(s.e.open.Load()),
+			Parked:     s.e.parkedLen(),
+			Checkouts:  s.e.checkouts.Load(),
+			Acquiring:  s.e.acquiringNow(),
 			Dials:      s.e.dials.Load(),
 			Created:    s.e.created,
 			LastUsed:   time.Unix(0, s.e.lastUsed.Load()),

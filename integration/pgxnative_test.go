@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
@@ -22,14 +21,17 @@ import (
 const copyMark = 900000
 
 // rawConn runs fn on the *pgx.Conn behind a *sql.Conn: conn.Raw hands out
-// pgx's own *stdlib.Conn, since tenantpg wraps nothing.
+// tenantpg's *Conn handle, bound to the tenant's connection.
 func rawConn(conn *sql.Conn, fn func(*pgx.Conn) error) error {
 	return conn.Raw(func(driverConn any) error {
-		sc, ok := driverConn.(*stdlib.Conn)
+		h, ok := driverConn.(*tenantpg.Conn)
 		if !ok {
-			return fmt.Errorf("driver connection is %T, want *stdlib.Conn", driverConn)
+			return fmt.Errorf("driver connection is %T, want *tenantpg.Conn", driverConn)
 		}
-		return fn(sc.Conn())
+		if h.Conn() == nil {
+			return fmt.Errorf("handle of tenant %q is not bound", h.Tenant())
+		}
+		return fn(h.Conn())
 	})
 }
 

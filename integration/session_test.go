@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
@@ -138,7 +137,7 @@ func TestTxConnStmtRowsStayOnTenant(t *testing.T) {
 	}
 	// pgx-native access through Raw.
 	err = conn.Raw(func(dc any) error {
-		pc := dc.(*stdlib.Conn).Conn()
+		pc := dc.(*tenantpg.Conn).Conn()
 		n, err := pc.CopyFrom(b, pgx.Identifier{"t02", "items"}, []string{"tenant", "val"},
 			pgx.CopyFromRows([][]any{{"t02", 100}, {"t02", 101}}))
 		if err == nil && n != 2 {

@@ -60,12 +60,13 @@ func sampleOf(p *tenantpg.PoolStats) sample {
 	s.gauges[gPools] = 1
 	s.counters[cDials] = float64(p.Dials)
 	s.counters[cRejections] = float64(p.Rejections)
+	s.counters[cAcquires] = float64(p.Checkouts)
 	if ps := p.Pool; ps != nil {
-		s.gauges[gIdle] = float64(ps.IdleConns())
-		s.gauges[gInUse] = float64(ps.AcquiredConns())
+		// Parked connections are acquired for pgxpool but idle for users.
+		s.gauges[gIdle] = float64(ps.IdleConns()) + float64(p.Parked)
+		s.gauges[gInUse] = float64(ps.AcquiredConns()) - float64(p.Parked)
 		s.gauges[gConstructing] = float64(ps.ConstructingConns())
 		s.gauges[gMax] = float64(ps.MaxConns())
-		s.counters[cAcquires] = float64(ps.AcquireCount())
 		s.counters[cAcquireSeconds] = ps.AcquireDuration().Seconds()
 		s.counters[cAcquireWaits] = float64(ps.EmptyAcquireCount())
 		s.counters[cAcquireWaitSeconds] = ps.EmptyAcquireWaitTime().Seconds()
@@ -133,7 +134,7 @@ var globalMetrics = []globalMetric{
 // one metric with a reason label.
 var tenantCounters = [nCounters]struct{ name, help, reason string }{
 	cAcquires: {"tenantpg_tenant_acquires_total",
-		"Connections acquired from the tenant's pool (one per database/sql checkout).", ""},
+		"Connections handed out by the tenant's pool (one per database/sql checkout; parked or from pgxpool).", ""},
 	cAcquireSeconds: {"tenantpg_tenant_acquire_seconds_total",
 		"Time spent acquiring connections from the tenant's pool, including waits and dials.", ""},
 	cAcquireWaits: {"tenantpg_tenant_acquire_waits_total",

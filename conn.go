@@ -1,0 +1,298 @@
+package tenantpg
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// Conn is the driver.Conn tenantpg gives database/sql. It is a handle that
+// holds no server connection of its own: each checkout binds it to a
+// connection of the checkout's tenant (Connect, or ResetSession when
+// database/sql reuses it from its idle pool), and giving it back (IsValid,
+// Close) parks that connection with its tenant's pool. database/sql's idle
+// pool is one list for every tenant; the handles in it are interchangeable,
+// so reusing one never offers a tenant another tenant's connection, and
+// same-tenant reuse costs what database/sql's own idle reuse costs.
+//
+// A checkout without a tenant leaves the handle unbound: Ping succeeds while
+// the connector is open (or pings tenant_ping's pool when configured) and
+// every other operation fails with ErrNoTenant.
+//
+// Reach the pgx connection with (*sql.Conn).Raw:
+//
+//	conn.Raw(func(dc any) error { pgxConn := dc.(*tenantpg.Conn).Conn(); ... })
+type Conn struct {
+	c      *Connector
+	tenant string       // the checkout's tenant; "" for none
+	e      *poolEntry   // pool of sc; nil when unbound
+	sc     *stdlib.Conn // the tenant's connection; nil when unbound
+	err    error        // why binding this checkout failed; every operation returns it
+	gen    uint64       // bindings so far; a stmt prepared under an older one re-prepares
+	stmts  []*stmt      // statements prepared on sc
+}
+
+var (
+	_ driver.Conn               = (*Conn)(nil)
+	_ driver.Pinger             = (*Conn)(nil)
+	_ driver.ConnPrepareContext = (*Conn)(nil)
+	_ driver.ConnBeginTx        = (*Conn)(nil)
+	_ driver.ExecerContext      = (*Conn)(nil)
+	_ driver.QueryerContext     = (*Conn)(nil)
+	_ driver.NamedValueChecker  = (*Conn)(nil)
+	_ driver.SessionResetter    = (*Conn)(nil)
+	_ driver.Validator          = (*Conn)(nil)
+)
+
+// Conn returns the pgx connection of the checkout's tenant for pgx-native
+// work inside (*sql.Conn).Raw (COPY, LISTEN, batches). It returns nil when
+// the checkout has no tenant or its connection could not be obtained. The
+// connection must not be used after Raw returns.
+func (h *Conn) Conn() *pgx.Conn {
+	if h.sc == nil {
+		return nil
+	}
+	return h.sc.Conn()
+}
+
+// Tenant returns the tenant of the current checkout, "" if it has none.
+func (h *Conn) Tenant() string { return h.tenant }
+
+// checkout binds the handle to a connection of ctx's tenant. A failure is
+// kept and returned by every operation of the checkout.
+func (h *Conn) checkout(ctx context.Context) error {
+	tenant, ok := TenantFromContext(ctx)
+	h.tenant = tenant
+	if !ok {
+		h.c.noTenant.Add(1)
+		return nil
+	}
+	e, sc, err := h.c.acquire(ctx, tenant)
+	if err != nil {
+		h.err = err
+		return err
+	}
+	h.e, h.sc = e, sc
+	h.gen++
+	return nil
+}
+
+// release ends the checkout: statements prepared on the connection are
+// closed (it may serve another handle next) and the connection is parked
+// with its pool.
+func (h *Conn) release() {
+	if h.sc != nil {
+		for _, s := range h.stmts {
+			s.closeInner()
+		}
+		h.stmts = h.stmts[:0]
+		h.c.park(h.e, h.sc)
+	}
+	h.e, h.sc, h.err, h.tenant = nil, nil, nil, ""
+}
+
+// bound returns the checkout's connection or the reason there is none.
+func (h *Conn) bound() (*stdlib.Conn, error) {
+	switch {
+	case h.sc != nil:
+		return h.sc, nil
+	case h.err != nil:
+		return nil, h.err
+	case h.c.closed.Load():
+		return nil, ErrClosed
+	}
+	return nil, ErrNoTenant
+}
+
+// ResetSession binds a handle that database/sql takes from its idle pool to
+// the tenant of the caller's ctx. An error in doing so is returned by the
+// checkout's operations rather than here, because database/sql ignores
+// ResetSession errors other than driver.ErrBadConn, and retrying on another
+// handle would fail the same way.
+func (h *Conn) ResetSession(ctx context.Context) error {
+	h.release() // normally done already by IsValid
+	if h.c.closed.Load() {
+		return driver.ErrBadConn
+	}
+	_ = h.checkout(ctx)
+	return nil
+}
+
+// IsValid is called by database/sql when the handle comes back; it parks
+// the connection so that the handle waits unbound in database/sql's idle
+// pool. It reports false once the connector is closed.
+func (h *Conn) IsValid() bool {
+	h.release()
+	return !h.c.closed.Load()
+}
+
+// Close parks the connection, if any.
+func (h *Conn) Close() error {
+	h.release()
+	return nil
+}
+
+// Ping pings the tenant's connection. Without a tenant it succeeds while
+// the connector is open, or pings tenant_ping's pool when configured.
+func (h *Conn) Ping(ctx context.Context) error {
+	if h.sc != nil {
+		return h.sc.Ping(ctx)
+	}
+	if h.err != nil {
+		return h.err
+	}
+	if h.c.closed.Load() {
+		return ErrClosed
+	}
+	if _, ok := TenantFromContext(ctx); ok {
+		// Handed to a caller with a tenant without ResetSession (database/sql's
+		// background opener, with SetMaxOpenConns): do not claim success.
+		return ErrNoTenant
+	}
+	t := h.c.settings.cfg.PingTenant
+	if t == "" {
+		return nil
+	}
+	e, sc, err := h.c.acquire(WithTenant(ctx, t), t)
+	if err != nil {
+		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
+	}
+	defer h.c.park(e, sc)
+	if err := sc.Ping(ctx); err != nil {
+		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
+	}
+	return nil
+}
+
+// CheckNamedValue accepts every argument, as pgx's stdlib does: pgx
+// encodes driver.Valuer, sql.Scanner-compatible and native types itself.
+func (h *Conn) CheckNamedValue(*driver.NamedValue) error { return nil }
+
+func (h *Conn) Prepare(query string) (driver.Stmt, error) {
+	return h.PrepareContext(context.Background(), query)
+}
+
+func (h *Conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	s := &stmt{h: h, query: query}
+	if _, err := s.inner(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (h *Conn) Begin() (driver.Tx, error) {
+	return h.BeginTx(context.Background(), driver.TxOptions{})
+}
+
+func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	sc, err := h.bound()
+	if err != nil {
+		return nil, err
+	}
+	return sc.BeginTx(ctx, opts)
+}
+
+func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	sc, err := h.bound()
+	if err != nil {
+		return nil, err
+	}
+	return sc.ExecContext(ctx, query, args)
+}
+
+func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	sc, err := h.bound()
+	if err != nil {
+		return nil, err
+	}
+	return sc.QueryContext(ctx, query, args)
+}
+
+// stmt is a statement prepared through a handle. database/sql keeps it with
+// the handle across checkouts; it is prepared again on the connection of
+// the checkout that uses it, never on one the handle no longer holds.
+type stmt struct {
+	h     *Conn
+	query string
+	si    driver.Stmt // prepared on h.sc during binding gen; nil otherwise
+	gen   uint64
+	n     int // NumInput of the first preparation
+}
+
+var (
+	_ driver.Stmt             = (*stmt)(nil)
+	_ driver.StmtExecContext  = (*stmt)(nil)
+	_ driver.StmtQueryContext = (*stmt)(nil)
+)
+
+// inner returns the statement prepared on the handle's current connection.
+func (s *stmt) inner(ctx context.Context) (driver.Stmt, error) {
+	if s.si != nil && s.gen == s.h.gen {
+		return s.si, nil
+	}
+	sc, err := s.h.bound()
+	if err != nil {
+		return nil, err
+	}
+	si, err := sc.PrepareContext(ctx, s.query)
+	if err != nil {
+		return nil, err
+	}
+	if s.si == nil && s.gen == 0 {
+		s.n = si.NumInput()
+	}
+	s.si, s.gen = si, s.h.gen
+	s.h.stmts = append(s.h.stmts, s)
+	return si, nil
+}
+
+// closeInner closes the preparation on the handle's current connection.
+func (s *stmt) closeInner() {
+	if s.si != nil && s.gen == s.h.gen {
+		_ = s.si.Close()
+	}
+	s.si = nil
+}
+
+func (s *stmt) Close() error {
+	if s.si == nil || s.gen != s.h.gen {
+		return nil
+	}
+	if i := slices.Index(s.h.stmts, s); i >= 0 {
+		s.h.stmts = slices.Delete(s.h.stmts, i, i+1)
+	}
+	err := s.si.Close()
+	s.si = nil
+	return err
+}
+
+func (s *stmt) NumInput() int { return s.n }
+
+func (s *stmt) Exec([]driver.Value) (driver.Result, error) {
+	return nil, errors.New("tenantpg: Stmt.Exec is deprecated; database/sql uses ExecContext")
+}
+
+func (s *stmt) Query([]driver.Value) (driver.Rows, error) {
+	return nil, errors.New("tenantpg: Stmt.Query is deprecated; database/sql uses QueryContext")
+}
+
+func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	si, err := s.inner(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return si.(driver.StmtExecContext).ExecContext(ctx, args)
+}
+
+func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	si, err := s.inner(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return si.(driver.StmtQueryContext).QueryContext(ctx, args)
+}

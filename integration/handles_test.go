@@ -1,0 +1,168 @@
+package integration
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/tenantpg/tenantpg"
+	"github.com/tenantpg/tenantpg/internal/pgtest"
+)
+
+// TestHandlesReuseTenantConnections alternates two tenants on one *sql.DB
+// with database/sql's idle pool on: every query lands on its own tenant,
+// the idle handles hold no connection, and each tenant's single connection
+// is parked and reused instead of dialed again.
+func TestHandlesReuseTenantConnections(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 2)
+	db := directUserDB(t, env)
+	db.SetMaxIdleConns(4)
+	ctx := testCtx(t)
+	for i := range 200 {
+		id := ids[i%2]
+		user, err := queryString(tenantpg.WithTenant(ctx, id), db, "select current_user")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if user != "app."+id {
+			t.Fatalf("query %d for %s ran as %s", i, id, user)
+		}
+	}
+	st := stats(t, db)
+	if st.Dials != 2 {
+		t.Errorf("dials = %d, want 2 (one per tenant, then reuse)", st.Dials)
+	}
+	for _, id := range ids {
+		p, ok := st.Tenant(id)
+		if !ok {
+			t.Fatalf("no pool for %s", id)
+		}
+		if p.Checkouts != 100 || p.OpenConns != 1 {
+			t.Errorf("%s: %d checkouts, %d connections; want 100 and 1", id, p.Checkouts, p.OpenConns)
+		}
+		if p.Parked+int(p.Pool.IdleConns()) != 1 || int(p.Pool.AcquiredConns()) != p.Parked {
+			t.Errorf("%s: parked %d, pgxpool idle %d, acquired %d: want its connection parked or idle, none in use",
+				id, p.Parked, p.Pool.IdleConns(), p.Pool.AcquiredConns())
+		}
+	}
+}
+
+// TestStmtFollowsCheckoutTenant prepares a *sql.Stmt under one tenant and
+// runs it under others: database/sql keeps the statement with a handle
+// across checkouts, and each execution must run on the connection of its
+// own ctx's tenant.
+func TestStmtFollowsCheckoutTenant(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 3)
+	db := directUserDB(t, env)
+	db.SetMaxIdleConns(2)
+	ctx := testCtx(t)
+	stmt, err := db.PrepareContext(tenantpg.WithTenant(ctx, ids[0]), "select current_user || ':' || $1::text")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stmt.Close()
+	for i := range 90 {
+		id := ids[i%3]
+		var got string
+		if err := stmt.QueryRowContext(tenantpg.WithTenant(ctx, id), id).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if want := "app." + id + ":" + id; got != want {
+			t.Fatalf("execution %d: got %q, want %q", i, got, want)
+		}
+	}
+	// In a transaction too.
+	tx, err := db.BeginTx(tenantpg.WithTenant(ctx, ids[2]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := tx.StmtContext(ctx, stmt).QueryRowContext(ctx, "tx").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if want := "app." + ids[2] + ":tx"; got != want {
+		t.Fatalf("in tx: got %q, want %q", got, want)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestParkingYieldsToBlockedAcquirer fills a tenant's pool (pool_max_conns=1)
+// with a session and queues a query behind it inside pgxpool: when the
+// session ends, its connection must go to that query, not be parked where
+// the query cannot see it.
+func TestParkingYieldsToBlockedAcquirer(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 1)
+	db := directUserDB(t, env, "pool_max_conns=1")
+	db.SetMaxIdleConns(4)
+	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.PingContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_, err := queryString(qctx, db, "select current_user")
+		done <- err
+	}()
+	// Wait until the query waits in pgxpool for the only connection.
+	for stats(t, db).Pools[0].Acquiring == 0 {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the second query never waited in pgxpool")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	released := time.Now()
+	conn.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("queued query: %v", err)
+	}
+	if d := time.Since(released); d > 500*time.Millisecond {
+		t.Fatalf("queued query finished %s after the release; the connection was parked out of its reach", d)
+	}
+}
+
+// TestParkedConnectionsReturnToPgxpool checks that a connection parked for
+// longer than a second goes back to pgxpool, whose lifetime, idle-time and
+// health rules then apply to it.
+func TestParkedConnectionsReturnToPgxpool(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 1)
+	db := directUserDB(t, env)
+	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
+	if _, err := queryString(ctx, db, "select current_user"); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := stats(t, db).Tenant(ids[0])
+	if p.Parked != 1 {
+		t.Fatalf("parked = %d right after the query, want 1", p.Parked)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p, _ = stats(t, db).Tenant(ids[0])
+		if p.Parked == 0 && p.Pool.IdleConns() == 1 && p.Pool.AcquiredConns() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5 s: parked %d, pgxpool idle %d, acquired %d", p.Parked, p.Pool.IdleConns(), p.Pool.AcquiredConns())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The next checkout takes it from pgxpool: no new dial.
+	if _, err := queryString(ctx, db, "select current_user"); err != nil {
+		t.Fatal(err)
+	}
+	if st := stats(t, db); st.Dials != 1 {
+		t.Fatalf("dials = %d, want 1", st.Dials)
+	}
+}
