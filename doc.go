@@ -12,6 +12,7 @@
 //	db, err := sql.Open("tenantpg",
 //		"postgres://app:secret@pooler:6543/postgres?tenant_user={user}.{tenant}")
 //	...
+//	db.SetMaxIdleConns(tenantpg.IdleHandles) // idle handles hold no connection
 //	ctx := tenantpg.WithTenant(r.Context(), "acme")
 //	rows, err := db.QueryContext(ctx, "select ...") // logs in as app.acme
 //
@@ -55,15 +56,26 @@
 //
 // # Routing guarantees
 //
-// The *sql.DB keeps no connections of its own when opened with OpenDB (or
-// after db.SetMaxIdleConns(0)): every checkout calls Connector.Connect with
-// the caller's context, which takes a connection from the tenant's pool and
-// gives it back when database/sql closes it. Transactions, *sql.Conn
-// sessions, streaming Rows and *sql.Stmt executions therefore run on a
-// connection of the tenant whose context opened them. If database/sql's idle
-// pool is on (sql.Open keeps 2 idle connections by default), a connection is
-// reused only for a caller of the same tenant: the ResetSession hook refuses
-// any other caller with driver.ErrBadConn.
+// database/sql holds tenantpg handles (*Conn), not server connections. Each
+// checkout binds its handle to a connection of the caller's tenant: Connect
+// for a new handle, ResetSession for one database/sql reuses from its idle
+// pool. When database/sql takes the handle back, the connection is parked
+// with its tenant's pool for that tenant's next checkout, and the handle
+// waits without a connection. Idle handles are interchangeable, so
+// database/sql's idle pool never offers a tenant another tenant's
+// connection, and same-tenant reuse costs what database/sql's own idle reuse
+// costs. Transactions, *sql.Conn sessions, streaming Rows and *sql.Stmt
+// executions (prepared again on each checkout's connection) therefore run on
+// a connection of the tenant whose context opened them. A parked connection
+// goes back to pgxpool after a second, so that pgxpool's lifetime, idle-time
+// and health rules apply, and at once when a caller waits in pgxpool for
+// that pool or a budget waiter should get its slot; eviction treats it as
+// idle.
+//
+// OpenDB lets database/sql keep IdleHandles idle handles. sql.Open keeps
+// database/sql's default of 2: call db.SetMaxIdleConns(tenantpg.IdleHandles),
+// or at least your number of concurrent queries, for the same speed.
+// SetMaxIdleConns(0) is correct but creates a handle per checkout.
 //
 // A context without a tenant fails closed: queries, execs, transactions and
 // prepares return ErrNoTenant and open nothing. Ping is the exception,
@@ -101,11 +113,10 @@
 //
 // # Limits of database/sql
 //
-// Do not use db.SetMaxOpenConns: database/sql then opens connections for
-// queued callers in the background with a context that has no tenant, and
-// those callers get ErrNoTenant. Use tenant_max_conns and pool_max_conns
-// instead. With database/sql's idle pool on, idle connections it keeps hold
-// budget slots and keep their pools from being reaped; OpenDB turns it off.
+// Do not use db.SetMaxOpenConns: database/sql then opens handles for queued
+// callers in the background with a context that has no tenant, and those
+// callers get ErrNoTenant. Use tenant_max_conns and pool_max_conns instead.
+// db.Stats() counts handles, not server connections; DBStats counts those.
 // Named prepared statements (db.Prepare, GORM PrepareStmt, sqlx Preparex)
 // need a direct route or a pooler that supports them (PgBouncer 1.21 or
 // later with max_prepared_statements, Supavisor with named prepared
@@ -113,5 +124,6 @@
 // connection.
 //
 // Stats and per-tenant pools are reachable from a *sql.DB with DBStats,
-// ConnectorOf and Pool.
+// ConnectorOf and Pool; inside (*sql.Conn).Raw the driver connection is a
+// *Conn, whose Conn method returns the tenant's *pgx.Conn.
 package tenantpg

@@ -128,7 +128,7 @@ func runRoute(ctx context.Context, out io.Writer, r route, workers, ops int) (bo
 		return false, err
 	}
 	defer db.Close()
-	db.SetMaxIdleConns(0) // all pooling in tenantpg
+	db.SetMaxIdleConns(tenantpg.IdleHandles) // idle handles hold no connection
 
 	// gorm.Open pings without a tenant: tenantpg answers that ping without
 	// a connection. Every query then needs WithContext(tenant context).

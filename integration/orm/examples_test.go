@@ -27,7 +27,7 @@ func Example_gorm() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	sqlDB.SetMaxIdleConns(0) // all pooling in tenantpg
+	sqlDB.SetMaxIdleConns(tenantpg.IdleHandles) // idle handles hold no connection
 	db, err := gorm.Open(postgres.New(postgres.Config{Conn: sqlDB}), &gorm.Config{})
 	if err != nil {
 		log.Fatal(err)
@@ -51,7 +51,7 @@ func Example_gormPrepareStmt() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	sqlDB.SetMaxIdleConns(0)
+	sqlDB.SetMaxIdleConns(tenantpg.IdleHandles)
 	db, err := gorm.Open(postgres.New(postgres.Config{Conn: sqlDB}), &gorm.Config{PrepareStmt: true})
 	if err != nil {
 		log.Fatal(err)
@@ -68,7 +68,7 @@ func Example_sqlx() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	x.SetMaxIdleConns(0)
+	x.SetMaxIdleConns(tenantpg.IdleHandles)
 	ctx := tenantpg.WithTenant(context.Background(), "acme")
 
 	var items []Item
@@ -94,7 +94,7 @@ func Example_ent() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	sqlDB.SetMaxIdleConns(0)
+	sqlDB.SetMaxIdleConns(tenantpg.IdleHandles)
 	client := ent.NewClient(ent.Driver(entsql.OpenDB(dialect.Postgres, sqlDB)))
 
 	ctx := tenantpg.WithTenant(context.Background(), "acme")
@@ -132,7 +132,7 @@ func Example_bun() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	sqlDB.SetMaxIdleConns(0)
+	sqlDB.SetMaxIdleConns(tenantpg.IdleHandles)
 	db := bun.NewDB(sqlDB, pgdialect.New())
 
 	ctx := tenantpg.WithTenant(context.Background(), "acme")
@@ -150,7 +150,7 @@ func Example_sqlc() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	sqlDB.SetMaxIdleConns(0)
+	sqlDB.SetMaxIdleConns(tenantpg.IdleHandles)
 	q := sqlcdb.New(sqlDB)
 
 	ctx := tenantpg.WithTenant(context.Background(), "acme")

@@ -127,7 +127,7 @@ func openDB(t *testing.T, dsn string) *sql.DB {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db.SetMaxIdleConns(0) // all pooling in tenantpg
+	db.SetMaxIdleConns(tenantpg.IdleHandles) // as docs/orms.md recommends
 	t.Cleanup(func() { db.Close() })
 	return db
 }
