@@ -76,9 +76,8 @@ var (
 )
 
 // starveAfter is how long a caller may wait before it counts as starving and
-// takes priority. A pool's own connections do not always come back: with
-// database/sql's idle pool on, they can sit in its free list, out of reach of
-// the caller waiting in Connect.
+// takes priority. A pool's own connections do not always come back soon:
+// sessions, transactions and long reads hold them.
 const starveAfter = 20 * time.Millisecond
 
 func newBudget(max int) *budget {

@@ -324,14 +324,17 @@ func (c *Connector) Close() error {
 
 // Pool returns the pgxpool.Pool that serves tenant, creating it if needed,
 // for pgx-native work (CopyFrom, LISTEN, batches). Connections acquired from
-// it count against the budget. The pool is closed when the tenant has been
-// idle for tenant_pool_idle, so fetch it per unit of work rather than
-// keeping it. Errors are those of Connect's tenant resolution.
+// it count against the budget. Connections parked for database/sql's next
+// checkout are given back to the pool first, so that its idle connections
+// are all there. The pool is closed when the tenant has been idle for
+// tenant_pool_idle, so fetch it per unit of work rather than keeping it.
+// Errors are those of Connect's tenant resolution.
 func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, error) {
 	e, err := c.set.enter(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
+	e.unpark(1<<63 - 1)
 	e.inflight.Add(-1)
 	return e.pool, nil
 }

@@ -37,7 +37,7 @@ func Example_pgbouncer() {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	db.SetMaxIdleConns(0) // all pooling in tenantpg
+	db.SetMaxIdleConns(tenantpg.IdleHandles) // idle handles hold no server connection
 
 	ctx := tenantpg.WithTenant(context.Background(), "globex")
 	if _, err := db.ExecContext(ctx, "update accounts set active = true where id = $1", 42); err != nil {

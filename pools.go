@@ -199,9 +199,9 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 	return e, nil
 }
 
-// resetSession is the safety net for a *sql.DB whose idle pool was turned
-// back on: database/sql then offers an idle connection to any caller, and
-// this hook refuses it unless the caller's tenant routes to the same pool.
+// resetSession is pgx stdlib's session hook, run when a parked connection
+// of e is taken (poolEntry.get): a second check, after the routing that chose
+// e, that the caller's tenant routes to e, and the budget's fairness check.
 func (s *poolSet) resetSession(e *poolEntry) func(context.Context, *pgx.Conn) error {
 	return func(ctx context.Context, _ *pgx.Conn) error {
 		tenant, ok := TenantFromContext(ctx)
@@ -214,10 +214,9 @@ func (s *poolSet) resetSession(e *poolEntry) func(context.Context, *pgx.Conn) er
 		if s.c.budget.shouldYield(e) {
 			// A tenant with fewer connections waits for a budget slot:
 			// drop the connection so that its release hands the slot
-			// over instead of database/sql keeping it for this tenant.
+			// over instead of this tenant reusing it.
 			return fmt.Errorf("tenantpg: idle connection released to budget waiters: %w", driver.ErrBadConn)
 		}
-		e.touch()
 		return nil
 	}
 }

@@ -23,7 +23,7 @@ import (
 // for 200 tenants from 64 workers, on three routes (Supavisor-style login
 // through PgBouncer, PgBouncer database alias, direct with login, schema and
 // RLS setting) and three database/sql idle-pool settings (sql.Open's default
-// of 2, SetMaxIdleConns(32), none as with OpenDB), and checks after every
+// of 2 idle handles, SetMaxIdleConns(32), none: a new handle per checkout), and checks after every
 // operation that the server-side session is the ctx tenant's. The budget,
 // evictions and pool reaping run at the same time.
 //

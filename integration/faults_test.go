@@ -290,8 +290,8 @@ func runFault(t *testing.T, env *pgtest.Env, ids []string, fc faultCase) {
 		}
 	}()
 	goroutines := goroutinesNow()
-	// The pooler route keeps database/sql's default idle pool (sql.Open);
-	// the direct one runs without (OpenDB). Both have a budget.
+	// The pooler route keeps database/sql's default of 2 idle handles
+	// (sql.Open); the direct one uses OpenDB's. Both have a budget.
 	bdb := open(t, routeBouncerUser.dsn(env, "tenant_max_conns=12"))
 	cfg, err := tenantpg.ParseConfig(routeDirect.dsn(env, "tenant_max_conns=12"))
 	if err != nil {

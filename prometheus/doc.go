@@ -36,8 +36,8 @@
 // ("__other__"), which is always exported. A scrape therefore has at most
 // TopN+1 values of the tenant label, however many tenants there are.
 //
-// Activity is the number of successful pool acquires (one per database/sql
-// checkout), decayed exponentially with Options.HalfLife (default
+// Activity is the number of checkouts (PoolStats.Checkouts, one per
+// database/sql checkout), decayed exponentially with Options.HalfLife (default
 // [DefaultHalfLife]) so that a tenant that was busy an hour ago gives way to
 // one that is busy now, plus the connections the tenant has in use at the
 // scrape. Ties go to the tenant with more connections in use, then to the

@@ -110,16 +110,18 @@ func (b *bench) single(ctx context.Context, r *report) error {
 	}
 	r.section("1. One tenant: tenantpg against database/sql and pgx pools",
 		"`QueryRow(\"select $1::int\")`, tenant t01 (login app.t01), pool size 8 for every contender, same exec mode per route. "+
-			"`tenantpg` is `OpenDB` (database/sql's idle pool off); `tenantpg+idle` adds `db.SetMaxIdleConns(8)`, "+
-			"which lets database/sql reuse a connection for the same tenant (the ResetSession check refuses other tenants). "+
+			"`tenantpg` is `OpenDB` (database/sql keeps up to 1,024 idle handles); `tenantpg (sql.Open)` is `sql.Open(\"tenantpg\", dsn)` "+
+			"with database/sql's default of 2 idle handles, so at 8 workers most checkouts make a new handle. "+
 			"Ratios are against `stdlib.OpenDB`.")
 	for _, rt := range routes {
 		base := withParams(rt.url, "default_query_exec_mode="+rt.mode, "pool_max_conns=8")
 		for _, workers := range []int{1, 8} {
 			tctx := tenantpg.WithTenant(ctx, "t01")
 			tp := mustOpenDB(withParams(base, "tenant_user={user}.{tenant}"))
-			tpIdle := mustOpenDB(withParams(base, "tenant_user={user}.{tenant}"))
-			tpIdle.SetMaxIdleConns(8)
+			tpOpen, err := sql.Open("tenantpg", withParams(base, "tenant_user={user}.{tenant}"))
+			if err != nil {
+				return err
+			}
 			cc, err := pgx.ParseConfig(withParams(rt.url, "default_query_exec_mode="+rt.mode, "user=app.t01"))
 			if err != nil {
 				return err
@@ -139,7 +141,7 @@ func (b *bench) single(ctx context.Context, r *report) error {
 			cs := []contender{
 				{name: "stdlib.OpenDB", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, sdb, i) }},
 				{name: "tenantpg", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tp, i) }},
-				{name: "tenantpg+idle", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tpIdle, i) }},
+				{name: "tenantpg (sql.Open)", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tpOpen, i) }},
 				{name: "stdlib.OpenDBFromPool", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, fromPool, i) }},
 				{name: "pgxpool (native)", op: func(ctx context.Context, _, i int) error {
 					var n int
@@ -155,7 +157,7 @@ func (b *bench) single(ctx context.Context, r *report) error {
 			res := interleave(ctx, cs, b.o.rounds, workers, b.o.duration, nil)
 			r.throughputTable(fmt.Sprintf("%s, %s, %d worker(s)", rt.name, rt.mode, workers), res, "stdlib.OpenDB", false)
 			tp.Close()
-			tpIdle.Close()
+			tpOpen.Close()
 			sdb.Close()
 			fromPool.Close()
 			pool.Close()
@@ -182,16 +184,18 @@ func tenantIDs(n int) []string {
 
 // manyContenders builds tenantpg, a map of *sql.DB and a connection per
 // query over ids, each with at most perTenant connections per tenant.
-func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, budget int, idle bool) ([]contender, error) {
+func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, budget int, sqlOpen bool) (cs []contender, err error) {
 	dsn := withParams(b.settingURL(), fmt.Sprintf("pool_max_conns=%d", perTenant), "application_name=tenantpg")
 	if budget > 0 {
 		dsn = withParams(dsn, fmt.Sprintf("tenant_max_conns=%d", budget))
 	}
 	tp := mustOpenDB(dsn)
-	var tpIdle *sql.DB
-	if idle {
-		tpIdle = mustOpenDB(strings.Replace(dsn, "application_name=tenantpg", "application_name=tenantpg-idle", 1))
-		tpIdle.SetMaxIdleConns(16)
+	var tpOpen *sql.DB
+	if sqlOpen {
+		tpOpen, err = sql.Open("tenantpg", strings.Replace(dsn, "application_name=tenantpg", "application_name=tenantpg-sqlopen", 1))
+		if err != nil {
+			return nil, err
+		}
 	}
 	base, err := pgx.ParseConfig(b.env.DirectURL(b.env.AppUser, b.env.AppDatabase))
 	if err != nil {
@@ -230,7 +234,7 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 			wg.Wait()
 		}
 	}
-	cs := []contender{
+	cs = []contender{
 		{name: "map of *sql.DB", app: "map", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
 			return checkSetting(ctx, dbs[t], t)
@@ -250,14 +254,14 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 			return err
 		}), close: func() { tp.Close() }},
 	}
-	if idle {
-		cs = append(cs, contender{name: "tenantpg+idle", app: "tenantpg-idle", op: func(ctx context.Context, w, i int) error {
+	if sqlOpen {
+		cs = append(cs, contender{name: "tenantpg (sql.Open)", app: "tenantpg-sqlopen", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
-			return checkSetting(tenantpg.WithTenant(ctx, t), tpIdle, t)
+			return checkSetting(tenantpg.WithTenant(ctx, t), tpOpen, t)
 		}, warm: warm(func(ctx context.Context, t string) error {
-			_, err := tpIdle.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
+			_, err := tpOpen.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
 			return err
-		}), close: func() { tpIdle.Close() }})
+		}), close: func() { tpOpen.Close() }})
 	}
 	cs = append(cs, contender{name: "connection per query", app: "per-query", op: func(ctx context.Context, w, i int) error {
 		t := pick(w, i)

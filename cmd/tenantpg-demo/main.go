@@ -191,7 +191,7 @@ func runRoute(ctx context.Context, out io.Writer, r route, workers, ops int) (bo
 		opened, reused := int64(0), int64(0)
 		if p, found := st.Tenant(t); found {
 			opened = p.Dials
-			reused = p.Pool.AcquireCount() - opened
+			reused = p.Checkouts - opened
 		}
 		check := "ok: 0 foreign rows"
 		if n := tl.foreign.Load(); n != 0 {
