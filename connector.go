@@ -178,17 +178,20 @@ func (c *Connector) budgetBlocked(e *poolEntry) bool {
 
 func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (*stdlib.Conn, error) {
 	if c.budget.max == 0 {
-		conn, err := e.get(ctx)
+		conn, err := c.get(ctx, e)
 		if err != nil {
 			return nil, c.connectError(ctx, tenant, e, err)
 		}
 		return conn, nil
 	}
+	if sc := e.popParked(ctx); sc != nil {
+		return sc, nil // no dial, no budget bookkeeping
+	}
 	cc := &callCtx{Context: ctx}
 	defer c.budget.finish(&cc.state)
 	var waited time.Duration
 	for {
-		conn, err := e.get(cc)
+		conn, err := c.get(cc, e)
 		if err == nil {
 			return conn, nil
 		}

@@ -2,6 +2,7 @@ package tenantpg
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
@@ -20,25 +21,72 @@ type parked struct {
 	at int64 // unix nanoseconds
 }
 
+// parkWaiter is a checkout waiting for one of its pool's connections while
+// tenantpg holds all pool_max_conns of them. A connection given back is
+// sent to it directly; nil means "capacity came back to pgxpool: acquire".
+type parkWaiter struct {
+	ch chan *stdlib.Conn // buffered: senders never block
+}
+
+// The fields of poolEntry guarded by parkMu:
+//
+//	parked    []parked      LIFO
+//	waiters   []*parkWaiter FIFO
+//	held      int           connections tenantpg acquired from pgxpool and has not given back (checked out or parked)
+//	acquiring int           checkouts inside pgxpool's Acquire
+//	closing   bool          the pool is being closed: park nothing more
+
 // get returns a connection of e for ctx: the most recently parked one that
-// passes its session check, or one acquired from pgxpool.
-func (e *poolEntry) get(ctx context.Context) (*stdlib.Conn, error) {
+// passes its session check, one given back by another checkout while this
+// one waited (when tenantpg holds all of the pool's connections), or one
+// acquired from pgxpool.
+func (c *Connector) get(ctx context.Context, e *poolEntry) (*stdlib.Conn, error) {
+	for {
+		if sc := e.popParked(ctx); sc != nil {
+			return sc, nil
+		}
+		e.parkMu.Lock()
+		if len(e.parked) > 0 {
+			e.parkMu.Unlock()
+			continue // parked meanwhile
+		}
+		if e.held >= e.maxConns && !e.closing {
+			sc, err := e.waitLocked(ctx)
+			if err != nil || sc != nil {
+				return sc, err
+			}
+			continue // capacity came back to pgxpool
+		}
+		// Registered under the lock: park gives connections to pgxpool
+		// while someone may be blocked in its Acquire (pgx-native users of
+		// Pool can hold connections tenantpg does not count).
+		e.acquiring++
+		e.held++
+		e.parkMu.Unlock()
+		dc, err := e.connector.Connect(ctx)
+		e.parkMu.Lock()
+		e.acquiring--
+		if err != nil {
+			e.held--
+			e.wakeLocked()
+		}
+		e.parkMu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return dc.(*stdlib.Conn), nil
+	}
+}
+
+// popParked returns the most recently parked connection of e that passes
+// its session check, or nil. Connections that fail it go back to pgxpool.
+func (e *poolEntry) popParked(ctx context.Context) *stdlib.Conn {
 	for {
 		e.parkMu.Lock()
 		n := len(e.parked)
 		if n == 0 {
-			// Registered under the lock: park hands connections to pgxpool
-			// while someone may be blocked in its Acquire.
-			e.acquiring++
 			e.parkMu.Unlock()
-			dc, err := e.connector.Connect(ctx)
-			e.parkMu.Lock()
-			e.acquiring--
-			e.parkMu.Unlock()
-			if err != nil {
-				return nil, err
-			}
-			return dc.(*stdlib.Conn), nil
+			return nil
 		}
 		p := e.parked[n-1]
 		e.parked[n-1] = parked{}
@@ -48,39 +96,101 @@ func (e *poolEntry) get(ctx context.Context) (*stdlib.Conn, error) {
 		// a ping after a second idle) and tenantpg's (the ctx tenant routes
 		// to e; no budget waiter should get the slot instead).
 		if time.Now().UnixNano()-p.at > int64(parkMax) || p.sc.ResetSession(ctx) != nil {
-			_ = p.sc.Close() // to pgxpool, which keeps or destroys it
+			e.giveBack(p.sc)
 			continue
 		}
-		return p.sc, nil
+		return p.sc
 	}
 }
 
-// park keeps sc for e's next checkout, or gives it back to pgxpool when it
-// is not reusable as is, a budget waiter of another pool should get its
-// slot, a caller waits in pgxpool for one of e's connections, or e is
-// closing.
-func (c *Connector) park(e *poolEntry, sc *stdlib.Conn) {
-	pc := sc.Conn().PgConn()
-	if pc.IsClosed() || pc.IsBusy() || pc.TxStatus() != 'I' || c.closed.Load() || c.budget.shouldYield(e) {
-		_ = sc.Close()
+// waitLocked queues the caller for a connection of e and unlocks parkMu. It
+// returns a connection handed over, nil to retry, or ctx's error.
+func (e *poolEntry) waitLocked(ctx context.Context) (*stdlib.Conn, error) {
+	w := &parkWaiter{ch: make(chan *stdlib.Conn, 1)}
+	e.waiters = append(e.waiters, w)
+	e.parkMu.Unlock()
+	select {
+	case sc := <-w.ch:
+		return sc, nil
+	case <-ctx.Done():
+	}
+	e.parkMu.Lock()
+	if i := slices.Index(e.waiters, w); i >= 0 {
+		e.waiters = slices.Delete(e.waiters, i, i+1)
+		e.parkMu.Unlock()
+		return nil, ctx.Err()
+	}
+	e.parkMu.Unlock()
+	// Someone sent as we gave up: pass it on.
+	if sc := <-w.ch; sc != nil {
+		e.handOn(sc)
+	} else {
+		e.parkMu.Lock()
+		e.wakeLocked()
+		e.parkMu.Unlock()
+	}
+	return nil, ctx.Err()
+}
+
+// wakeLocked tells the first waiter, if any, to acquire from pgxpool:
+// tenantpg holds fewer connections of e than it may.
+func (e *poolEntry) wakeLocked() {
+	if len(e.waiters) == 0 || e.held >= e.maxConns && !e.closing {
 		return
 	}
-	now := time.Now().UnixNano()
+	w := e.waiters[0]
+	e.waiters = slices.Delete(e.waiters, 0, 1)
+	w.ch <- nil
+}
+
+// handOn gives a healthy connection to the first waiter, or parks it.
+func (e *poolEntry) handOn(sc *stdlib.Conn) {
 	e.parkMu.Lock()
+	if len(e.waiters) > 0 {
+		w := e.waiters[0]
+		e.waiters = slices.Delete(e.waiters, 0, 1)
+		e.parkMu.Unlock()
+		w.ch <- sc
+		return
+	}
 	if e.acquiring > 0 || e.closing {
 		e.parkMu.Unlock()
-		_ = sc.Close()
+		e.giveBack(sc)
 		return
 	}
-	e.parked = append(e.parked, parked{sc: sc, at: now})
+	e.parked = append(e.parked, parked{sc: sc, at: time.Now().UnixNano()})
 	e.parkMu.Unlock()
 }
 
-// acquiringNow returns how many checkouts of e are inside pgxpool's Acquire.
+// giveBack returns sc to pgxpool, which keeps or destroys it, and lets a
+// waiter acquire in its place.
+func (e *poolEntry) giveBack(sc *stdlib.Conn) {
+	_ = sc.Close()
+	e.parkMu.Lock()
+	e.held--
+	e.wakeLocked()
+	e.parkMu.Unlock()
+}
+
+// park hands sc to a checkout of e that waits for one, keeps it for e's
+// next checkout, or gives it back to pgxpool when it is not reusable as is,
+// a budget waiter of another pool should get its slot, a caller waits in
+// pgxpool for one of e's connections, or e is closing.
+func (c *Connector) park(e *poolEntry, sc *stdlib.Conn) {
+	pc := sc.Conn().PgConn()
+	if pc.IsClosed() || pc.IsBusy() || pc.TxStatus() != 'I' || c.closed.Load() || c.budget.shouldYield(e) {
+		e.giveBack(sc)
+		return
+	}
+	e.handOn(sc)
+}
+
+// acquiringNow returns how many checkouts of e are inside pgxpool's Acquire
+// or waiting for a connection another checkout gives back.
 func (e *poolEntry) acquiringNow() int {
 	e.parkMu.Lock()
 	defer e.parkMu.Unlock()
-	return e.acquiring
+	return e.acquiring + len(e.waiters)
 }
 
 // parkedLen returns how many connections e has parked.
@@ -107,16 +217,20 @@ func (e *poolEntry) unpark(cutoff int64) int {
 	e.parked = keep
 	e.parkMu.Unlock()
 	for _, p := range out {
-		_ = p.sc.Close()
+		e.giveBack(p.sc)
 	}
 	return len(out)
 }
 
-// closePool stops parking, gives parked connections back and closes the
-// pool, waiting for checked-out connections.
+// closePool stops parking, gives parked connections back, sends waiters to
+// pgxpool (which fails them) and closes the pool, waiting for checked-out
+// connections.
 func (e *poolEntry) closePool() {
 	e.parkMu.Lock()
 	e.closing = true
+	for len(e.waiters) > 0 {
+		e.wakeLocked()
+	}
 	e.parkMu.Unlock()
 	e.unpark(1<<63 - 1)
 	e.pool.Close()

@@ -35,10 +35,13 @@ type poolEntry struct {
 	verified atomic.Bool  // a connection succeeded once
 	probe    chan struct{}
 
-	parkMu    sync.Mutex
-	parked    []parked // LIFO; see park.go
-	acquiring int      // callers inside pgxpool's Acquire
-	closing   bool     // the pool is being closed: park nothing more
+	maxConns  int        // pool_max_conns
+	parkMu    sync.Mutex // guards the fields below; see park.go
+	parked    []parked
+	waiters   []*parkWaiter
+	held      int
+	acquiring int
+	closing   bool
 
 	rejections atomic.Int64
 	dials      atomic.Int64 // physical connections opened
@@ -188,6 +191,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 		return nil, fmt.Errorf("tenantpg: pool for tenant %q: %w", tenant, err)
 	}
 	e.pool = pool
+	e.maxConns = int(pc.MaxConns)
 	e.connector = stdlib.GetPoolConnector(pool, stdlib.OptionResetSession(s.resetSession(e)))
 	s.targets[key] = e
 	s.tenants[tenant] = e

@@ -42,7 +42,7 @@ type PoolStats struct {
 	OpenConns  int      // physical connections of this pool
 	Parked     int      // connections waiting for this pool's next checkout (counted as acquired in Pool)
 	Checkouts  int64    // connections handed out, parked or from pgxpool
-	Acquiring  int      // checkouts inside pgxpool's Acquire now (waiting for a release or a dial)
+	Acquiring  int      // checkouts waiting now: in pgxpool's Acquire (for a release or a dial), or for a connection another checkout gives back
 	Dials      int64    // physical connections this pool opened
 	Created    time.Time
 	LastUsed   time.Time

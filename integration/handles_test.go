@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"testing"
 	"time"
 
@@ -90,35 +92,84 @@ func TestStmtFollowsCheckoutTenant(t *testing.T) {
 	}
 }
 
-// TestParkingYieldsToBlockedAcquirer fills a tenant's pool (pool_max_conns=1)
-// with a session and queues a query behind it inside pgxpool: when the
-// session ends, its connection must go to that query, not be parked where
-// the query cannot see it.
+// TestParkingYieldsToBlockedAcquirer fills a tenant's pool
+// (pool_max_conns=2) with a database/sql session and a pgx-native
+// connection from tenantpg.Pool, and queues a query behind them inside
+// pgxpool: when the session ends, its connection must go to that query, not
+// be parked where the query cannot see it.
 func TestParkingYieldsToBlockedAcquirer(t *testing.T) {
+	db, conn, ctx := heldSession(t, 2)
+	pool, err := tenantpg.Pool(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	native, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer native.Release()
+	waitQueued(t, db, conn, func(p tenantpg.PoolStats) bool { return p.Acquiring > 0 })
+}
+
+// TestWaiterGetsReleasedConnection queues a query behind a session that
+// holds its tenant's only connection (pool_max_conns=1): tenantpg holds all
+// of the pool's connections, so the query waits for the session's, and gets
+// it when the session ends.
+func TestWaiterGetsReleasedConnection(t *testing.T) {
+	db, conn, ctx := heldSession(t, 1)
+	waitQueued(t, db, conn, func(p tenantpg.PoolStats) bool { return p.Acquiring > 0 })
+	tenant, _ := tenantpg.TenantFromContext(ctx)
+	if p, _ := stats(t, db).Tenant(tenant); p.Pool.AcquireCount() != 1 {
+		t.Errorf("pgxpool acquires = %d, want 1: the waiting query got the session's connection directly", p.Pool.AcquireCount())
+	}
+}
+
+// heldSession opens a *sql.DB whose tenant pools hold maxConns connections
+// and a session of one tenant that holds one of them; it returns the
+// tenant's ctx. The session is closed after the test if not before.
+func heldSession(t *testing.T, maxConns int) (*sql.DB, *sql.Conn, context.Context) {
+	t.Helper()
 	env := pgtest.Shared(t)
 	ids := tenants(t, env, 1)
-	db := directUserDB(t, env, "pool_max_conns=1")
+	db := directUserDB(t, env, fmt.Sprintf("pool_max_conns=%d", maxConns))
 	db.SetMaxIdleConns(4)
 	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { conn.Close() })
 	if err := conn.PingContext(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return db, conn, ctx
+}
+
+// waitQueued starts a query on db with conn's tenant, waits until queued
+// reports it waiting, closes conn and requires the query to finish within
+// 500 ms of that.
+func waitQueued(t *testing.T, db *sql.DB, conn *sql.Conn, queued func(tenantpg.PoolStats) bool) {
+	t.Helper()
+	var tenant string
+	if err := conn.Raw(func(dc any) error { tenant = dc.(*tenantpg.Conn).Tenant(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	ctx := tenantpg.WithTenant(testCtx(t), tenant)
 	done := make(chan error, 1)
-	start := time.Now()
 	go func() {
 		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		_, err := queryString(qctx, db, "select current_user")
 		done <- err
 	}()
-	// Wait until the query waits in pgxpool for the only connection.
-	for stats(t, db).Pools[0].Acquiring == 0 {
+	start := time.Now()
+	for {
+		p, _ := stats(t, db).Tenant(tenant)
+		if queued(p) {
+			break
+		}
 		if time.Since(start) > 10*time.Second {
-			t.Fatal("the second query never waited in pgxpool")
+			t.Fatal("the query never queued")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -165,4 +216,48 @@ func TestParkedConnectionsReturnToPgxpool(t *testing.T) {
 	if st := stats(t, db); st.Dials != 1 {
 		t.Fatalf("dials = %d, want 1", st.Dials)
 	}
+}
+
+// TestContendedPoolHandsOverDirectly runs 8 workers on one tenant whose pool
+// holds one connection: a checkout that finds tenantpg holding it waits for
+// it, and the handle that gives it back hands it over directly, without a
+// round through pgxpool (which would allocate a new *stdlib.Conn per
+// checkout).
+func TestContendedPoolHandsOverDirectly(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 1)
+	db := directUserDB(t, env, "pool_max_conns=1")
+	db.SetMaxIdleConns(16)
+	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
+	const workers, each = 8, 100
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			for range each {
+				user, err := queryString(ctx, db, "select current_user")
+				if err == nil && user != "app."+ids[0] {
+					err = fmt.Errorf("ran as %s", user)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := stats(t, db)
+	p, _ := st.Tenant(ids[0])
+	if st.Dials != 1 || p.Checkouts != workers*each {
+		t.Fatalf("dials %d, checkouts %d; want 1 and %d", st.Dials, p.Checkouts, workers*each)
+	}
+	if acq := p.Pool.AcquireCount(); acq > workers*each/10 {
+		t.Errorf("pgxpool acquires = %d for %d checkouts: hand-overs went through pgxpool", acq, p.Checkouts)
+	}
+	t.Logf("%d checkouts, %d pgxpool acquires", p.Checkouts, p.Pool.AcquireCount())
 }
