@@ -184,7 +184,7 @@ func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (*
 		}
 		return conn, nil
 	}
-	if sc := e.popParked(ctx); sc != nil {
+	if sc := c.popParked(e); sc != nil {
 		return sc, nil // no dial, no budget bookkeeping
 	}
 	cc := &callCtx{Context: ctx}

@@ -42,7 +42,7 @@ type parkWaiter struct {
 // acquired from pgxpool.
 func (c *Connector) get(ctx context.Context, e *poolEntry) (*stdlib.Conn, error) {
 	for {
-		if sc := e.popParked(ctx); sc != nil {
+		if sc := c.popParked(e); sc != nil {
 			return sc, nil
 		}
 		e.parkMu.Lock()
@@ -78,9 +78,12 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*stdlib.Conn, error)
 	}
 }
 
-// popParked returns the most recently parked connection of e that passes
-// its session check, or nil. Connections that fail it go back to pgxpool.
-func (e *poolEntry) popParked(ctx context.Context) *stdlib.Conn {
+// popParked returns the most recently parked connection of e that is still
+// open and not owed to a budget waiter of another pool, or nil. Others go
+// back to pgxpool. The checks of park (no transaction, not busy) held when
+// it was parked, less than parkMax ago; pgxpool pings a connection idle for
+// longer before it hands it out.
+func (c *Connector) popParked(e *poolEntry) *stdlib.Conn {
 	for {
 		e.parkMu.Lock()
 		n := len(e.parked)
@@ -92,10 +95,7 @@ func (e *poolEntry) popParked(ctx context.Context) *stdlib.Conn {
 		e.parked[n-1] = parked{}
 		e.parked = e.parked[:n-1]
 		e.parkMu.Unlock()
-		// ResetSession runs stdlib's checks (closed, transaction status,
-		// a ping after a second idle) and tenantpg's (the ctx tenant routes
-		// to e; no budget waiter should get the slot instead).
-		if time.Now().UnixNano()-p.at > int64(parkMax) || p.sc.ResetSession(ctx) != nil {
+		if time.Now().UnixNano()-p.at > int64(parkMax) || p.sc.Conn().IsClosed() || c.budget.shouldYield(e) {
 			e.giveBack(p.sc)
 			continue
 		}

@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -192,7 +191,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 	}
 	e.pool = pool
 	e.maxConns = int(pc.MaxConns)
-	e.connector = stdlib.GetPoolConnector(pool, stdlib.OptionResetSession(s.resetSession(e)))
+	e.connector = stdlib.GetPoolConnector(pool)
 	s.targets[key] = e
 	s.tenants[tenant] = e
 	s.peak = max(s.peak, len(s.tenants))
@@ -201,28 +200,6 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 	s.created.Add(1)
 	s.c.log(ctx, slog.LevelInfo, "tenantpg: pool created", slog.String("tenant", tenant), slog.String("target", e.target), slog.Uint64("pool", e.id))
 	return e, nil
-}
-
-// resetSession is pgx stdlib's session hook, run when a parked connection
-// of e is taken (poolEntry.get): a second check, after the routing that chose
-// e, that the caller's tenant routes to e, and the budget's fairness check.
-func (s *poolSet) resetSession(e *poolEntry) func(context.Context, *pgx.Conn) error {
-	return func(ctx context.Context, _ *pgx.Conn) error {
-		tenant, ok := TenantFromContext(ctx)
-		if !ok {
-			return fmt.Errorf("tenantpg: idle connection offered to a caller without tenant: %w", driver.ErrBadConn)
-		}
-		if s.lookup(tenant) != e {
-			return fmt.Errorf("tenantpg: idle connection of another tenant offered to %q: %w", tenant, driver.ErrBadConn)
-		}
-		if s.c.budget.shouldYield(e) {
-			// A tenant with fewer connections waits for a budget slot:
-			// drop the connection so that its release hands the slot
-			// over instead of this tenant reusing it.
-			return fmt.Errorf("tenantpg: idle connection released to budget waiters: %w", driver.ErrBadConn)
-		}
-		return nil
-	}
 }
 
 // unmap removes a tenant's mapping, so that its next request resolves again.

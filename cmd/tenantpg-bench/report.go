@@ -144,40 +144,36 @@ func (r *report) targetsSection() {
 	r.printf("\n%s\n", missedExplanation)
 }
 
-// missedExplanation says why the throughput targets against database/sql's
-// own pool are missed and what would close them. It is written from the
-// profiles (go test ./integration -bench 'Checkout|ManyTenants' -cpuprofile),
-// not generated, and holds for every run so far.
-const missedExplanation = `### Why tenantpg trails database/sql's own pool, and what would close it
+// missedExplanation says where tenantpg's time goes against database/sql's
+// own pool and what would close a remaining gap. It is written from the
+// profiles (go test ./integration -bench 'Checkout|ManyTenants'
+// -cpuprofile), not generated.
+const missedExplanation = `### Where tenantpg's time goes, and what would close a gap
 
-tenantpg's routing itself costs nothing measurable: with the budget off it
-allocates exactly what ` + "`stdlib.OpenDBFromPool`" + ` allocates, and its checkout is
-within noise of it (section 5). The gap to ` + "`stdlib.OpenDB`" + ` (one tenant) and to a
-map of ` + "`*sql.DB`" + ` (many tenants) is the gap between database/sql reusing an idle
-connection and database/sql asking the driver for one on every checkout,
-which is how tenantpg guarantees that every checkout reaches the pool of the
-caller's tenant:
+database/sql keeps tenantpg's handles in its idle pool, and each checkout
+binds one to a connection of the caller's tenant (see docs/architecture.md,
+"Handles"). A checkout therefore costs database/sql's own idle reuse plus
+tenantpg's bind and park: about 0.8 µs and 1 allocation (section 5) against
+0.4 µs and 1 allocation for ` + "`stdlib.OpenDB`" + ` and 3.5 µs and 13 allocations
+for ` + "`stdlib.OpenDBFromPool`" + `. The extra 0.4 µs is the tenant lookup (a
+read-locked map), the parked stack's mutex twice, the budget's fairness
+check, the connection's state checks and three clock reads.
 
-- database/sql's idle reuse costs about 0.4 µs per checkout with one
-  allocation (` + "`BenchmarkCheckout/Checkout/OpenDB`" + `); a checkout through the driver
-  costs 3.5 to 5.5 µs and 13 allocations: database/sql allocates and tracks
-  a ` + "`driverConn`" + `, pgx's stdlib allocates a ` + "`*stdlib.Conn`" + ` with a map, pgxpool
-  acquires and releases, and ` + "`(*stdlib.Conn).Close`" + ` arms a 5 s timer to release
-  it (which, on an otherwise idle runtime, wakes the network poller thread).
-- On a 2-core machine shared with PostgreSQL, those microseconds and
-  wake-ups show as 5 to 15% fewer queries per second at 8 workers.
-- Turning database/sql's idle pool on (` + "`tenantpg+idle`" + `) is safe (the ResetSession
-  check refuses other tenants' connections) and wins for one tenant at low
-  concurrency, but database/sql's idle list is one LIFO stack for all
-  tenants: with 100 random tenants nearly every reuse attempt finds another
-  tenant's connection and pays a refusal first (0.5x the map).
+- One tenant: tenantpg and ` + "`stdlib.OpenDB`" + ` run the same database/sql path and
+  the same pgx code per query; the difference is those 0.4 µs per query,
+  1 to 3% of a query's CPU on this 2-core machine that PostgreSQL shares.
+  Between runs the ratios move by about ±4% (two quiet runs of this program:
+  direct 0.97-1.03x with one worker, 0.94-1.00x with eight; through PgBouncer
+  0.97-0.98x and 0.96-0.97x), so a single run can land on either side of
+  1.00x.
+- 100 tenants: the map of ` + "`*sql.DB`" + ` pays no routing at all, and its hundred
+  independent database/sql pools share no lock; tenantpg's tenants share one
+  ` + "`*sql.DB`" + ` mutex (database/sql's) and the pool map's read lock.
+- Before handles, a checkout cost 3.4 µs and 13 allocations and one tenant
+  measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `, 100 tenants 0.85x of the map.
 
-What would close it, in order of preference: a cheaper pool path in pgx's
-stdlib (a ` + "`Close`" + ` without a timer, a ` + "`Conn`" + ` without a per-checkout map; both are
-pgx internals, to be proposed upstream); database/sql keeping idle
-connections per key (no such API); or tenantpg returning its own connection
-type that recycles per tenant, which would break ` + "`conn.Raw(... .(*stdlib.Conn))`" + `
-for COPY and LISTEN, so it was not done. For workloads dominated by one
-tenant, ` + "`db.SetMaxIdleConns(n)`" + ` with n below ` + "`pool_max_conns`" + ` is the measured
-best setting today.
+What would close the rest: a coarse clock for the pool's last-use stamp
+(one store per second instead of per checkout, which also stops two cores
+from trading that cache line) and a lock-free parked stack. Neither is worth
+more than a few hundred nanoseconds per query.
 `
