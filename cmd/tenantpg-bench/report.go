@@ -162,18 +162,19 @@ check, the connection's state checks and three clock reads.
 - One tenant: tenantpg and ` + "`stdlib.OpenDB`" + ` run the same database/sql path and
   the same pgx code per query; the difference is those 0.4 µs per query,
   1 to 3% of a query's CPU on this 2-core machine that PostgreSQL shares.
-  Between runs the ratios move by about ±4% (two quiet runs of this program:
-  direct 0.97-1.03x with one worker, 0.94-1.00x with eight; through PgBouncer
-  0.97-0.98x and 0.96-0.97x), so a single run can land on either side of
-  1.00x.
-- 100 tenants: the map of ` + "`*sql.DB`" + ` pays no routing at all, and its hundred
+  Between runs the ratios move by about ±3% (four quiet runs made for this
+  report: direct 0.97-1.03x with one worker and 0.94-1.00x with eight,
+  through PgBouncer 0.97-1.00x and 0.96-0.98x), so a single run can land on
+  either side of 1.00x; the median of the four is 0.98x.
+- 100 tenants (0.94-0.98x in the same four runs): the map of ` + "`*sql.DB`" + ` pays no routing at all, and its hundred
   independent database/sql pools share no lock; tenantpg's tenants share one
   ` + "`*sql.DB`" + ` mutex (database/sql's) and the pool map's read lock.
 - Before handles, a checkout cost 3.4 µs and 13 allocations and one tenant
   measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `, 100 tenants 0.85x of the map.
 
-What would close the rest: a coarse clock for the pool's last-use stamp
-(one store per second instead of per checkout, which also stops two cores
-from trading that cache line) and a lock-free parked stack. Neither is worth
-more than a few hundred nanoseconds per query.
+What would close the rest is shaving those 0.4 µs. A coarse clock for the
+pool's last-use stamp (one store per second instead of a clock read and a
+store per checkout) was tried and measured within noise (0.98-0.99x), so it
+was not kept; a lock-free parked stack and a cheaper tenant lookup (an
+atomic map snapshot instead of a read lock) are what is left.
 `
