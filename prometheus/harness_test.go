@@ -259,7 +259,7 @@ func TestCollectorAgainstServers(t *testing.T) {
 func TestCollectorAcrossReaping(t *testing.T) {
 	env := pgtest.Shared(t)
 	ids := harnessTenants(t, env, 4)
-	db, c := openConnector(t, env, "tenant_pool_idle=500ms", "tenant_max_conns=8", "pool_max_conns=2")
+	db, c := openConnector(t, env, "tenant_pool_idle=2s", "tenant_max_conns=8", "pool_max_conns=2")
 	col, err := New(c, Options{TopN: 2})
 	if err != nil {
 		t.Fatal(err)
