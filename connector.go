@@ -337,7 +337,7 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 	if err != nil {
 		return nil, err
 	}
-	e.unpark(1<<63 - 1)
+	e.unparkAll()
 	e.inflight.Add(-1)
 	return e.pool, nil
 }

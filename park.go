@@ -222,6 +222,9 @@ func (e *poolEntry) unpark(cutoff int64) int {
 	return len(out)
 }
 
+// unparkAll gives every parked connection of e back to pgxpool.
+func (e *poolEntry) unparkAll() { e.unpark(1<<63 - 1) }
+
 // closePool stops parking, gives parked connections back, sends waiters to
 // pgxpool (which fails them) and closes the pool, waiting for checked-out
 // connections.
@@ -232,6 +235,6 @@ func (e *poolEntry) closePool() {
 		e.wakeLocked()
 	}
 	e.parkMu.Unlock()
-	e.unpark(1<<63 - 1)
+	e.unparkAll()
 	e.pool.Close()
 }

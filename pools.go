@@ -258,7 +258,7 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 				continue
 			}
 		}
-		e.unpark(1<<63 - 1) // parked connections become pgxpool's idle ones
+		e.unparkAll() // parked connections become pgxpool's idle ones
 		idle := e.pool.AcquireAllIdle(context.Background())
 		if len(idle) == 0 {
 			continue
