@@ -29,6 +29,7 @@ type Connector struct {
 	set      *poolSet
 	budget   *budget
 	rejects  *rejectCache
+	clock    *coarseClock
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -56,6 +57,7 @@ func NewConnector(cfg *Config) (*Connector, error) {
 		settings: s,
 		budget:   newBudget(cfg.MaxConns),
 		rejects:  newRejectCache(s.rejectTTL),
+		clock:    newCoarseClock(),
 		stop:     make(chan struct{}),
 	}
 	c.set = newPoolSet(c)
@@ -287,9 +289,15 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 func (c *Connector) reaper() {
 	defer c.reaperWG.Done()
 	idle := c.settings.poolIdle
-	every := parkMax
+	every := parkMax / 2
 	if idle > 0 {
-		every = min(max(idle/4, 50*time.Millisecond), parkMax)
+		every = min(max(idle/4, 50*time.Millisecond), every)
+	}
+	// A pool's last use is read from the clock, which lags the truth by up
+	// to one tick: a pool is idle for idle once the clock says idle+every.
+	reapAfter := time.Duration(0)
+	if idle > 0 {
+		reapAfter = idle + every
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -297,10 +305,11 @@ func (c *Connector) reaper() {
 		select {
 		case <-c.stop:
 			return
-		case now := <-t.C:
+		case <-t.C:
+			now := c.clock.tick()
 			c.set.unparkStale(now)
-			c.set.reap(now, idle)
-			c.rejects.purge(now)
+			c.set.reap(now, reapAfter)
+			c.rejects.purge(c.clock.wall(now))
 		}
 	}
 }

@@ -162,7 +162,7 @@ func TestReapCompactsMaps(t *testing.T) {
 		t.Fatalf("%d pools, want %d", got, n)
 	}
 	// Everything is idle an hour later.
-	reaped := c.set.reap(time.Now().Add(2*time.Hour), time.Hour)
+	reaped := c.set.reap(c.clock.read()+int64(2*time.Hour), time.Hour)
 	if reaped != n || len(c.Stats().Pools) != 0 {
 		t.Fatalf("reaped %d of %d", reaped, n)
 	}

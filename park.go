@@ -8,17 +8,19 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
-// parkMax is how long a connection stays parked. One parked longer goes
-// back to pgxpool, which applies pool_max_conn_lifetime, idle time and
-// health checks to it; tenantpg's reaper does this every parkMax, and a
-// checkout that finds it first does it too.
+// parkMax is how long a connection stays parked at most. One parked that
+// long goes back to pgxpool, which applies pool_max_conn_lifetime, idle
+// time and health checks to it; tenantpg's reaper does this on every tick
+// (at most parkMax/2 apart), and a checkout that finds it first does it
+// too. Ages come from the coarse clock, so a connection goes back after
+// between parkMax minus one tick and parkMax.
 const parkMax = time.Second
 
 // parked is a connection a handle gave back, kept by its pool entry for
 // the next checkout of the same pool. pgxpool counts it as acquired.
 type parked struct {
 	sc *stdlib.Conn
-	at int64 // unix nanoseconds
+	at int64 // coarseClock reading
 }
 
 // parkWaiter is a checkout waiting for one of its pool's connections while
@@ -95,7 +97,7 @@ func (c *Connector) popParked(e *poolEntry) *stdlib.Conn {
 		e.parked[n-1] = parked{}
 		e.parked = e.parked[:n-1]
 		e.parkMu.Unlock()
-		if time.Now().UnixNano()-p.at > int64(parkMax) || p.sc.Conn().IsClosed() || c.budget.shouldYield(e) {
+		if c.clock.read()-p.at >= int64(parkMax) || p.sc.Conn().IsClosed() || c.budget.shouldYield(e) {
 			e.giveBack(p.sc)
 			continue
 		}
@@ -123,7 +125,7 @@ func (e *poolEntry) waitLocked(ctx context.Context) (*stdlib.Conn, error) {
 	e.parkMu.Unlock()
 	// Someone sent as we gave up: pass it on.
 	if sc := <-w.ch; sc != nil {
-		e.handOn(sc)
+		e.handOn(sc, e.clock.read())
 	} else {
 		e.parkMu.Lock()
 		e.wakeLocked()
@@ -144,7 +146,7 @@ func (e *poolEntry) wakeLocked() {
 }
 
 // handOn gives a healthy connection to the first waiter, or parks it.
-func (e *poolEntry) handOn(sc *stdlib.Conn) {
+func (e *poolEntry) handOn(sc *stdlib.Conn, now int64) {
 	e.parkMu.Lock()
 	if len(e.waiters) > 0 {
 		w := e.waiters[0]
@@ -158,7 +160,7 @@ func (e *poolEntry) handOn(sc *stdlib.Conn) {
 		e.giveBack(sc)
 		return
 	}
-	e.parked = append(e.parked, parked{sc: sc, at: time.Now().UnixNano()})
+	e.parked = append(e.parked, parked{sc: sc, at: now})
 	e.parkMu.Unlock()
 }
 
@@ -182,7 +184,9 @@ func (c *Connector) park(e *poolEntry, sc *stdlib.Conn) {
 		e.giveBack(sc)
 		return
 	}
-	e.handOn(sc)
+	now := c.clock.read()
+	e.touch(now)
+	e.handOn(sc, now)
 }
 
 // acquiringNow returns how many checkouts of e are inside pgxpool's Acquire
@@ -207,7 +211,7 @@ func (e *poolEntry) unpark(cutoff int64) int {
 	var out []parked
 	keep := e.parked[:0]
 	for _, p := range e.parked {
-		if p.at < cutoff {
+		if p.at <= cutoff {
 			out = append(out, p)
 		} else {
 			keep = append(keep, p)

@@ -24,11 +24,12 @@ type poolEntry struct {
 	pool      *pgxpool.Pool
 	connector driver.Connector // stdlib.GetPoolConnector(pool)
 	created   time.Time
+	clock     *coarseClock // the Connector's
 
 	tenants map[string]struct{} // guarded by poolSet.mu
 	removed bool                // guarded by poolSet.mu
 
-	lastUsed atomic.Int64 // unix nanoseconds of the last checkout
+	lastUsed atomic.Int64 // coarseClock reading of the last checkout or release
 	inflight atomic.Int32 // Connect calls using the entry right now
 	open     atomic.Int32 // physical connections (budget holders)
 	verified atomic.Bool  // a connection succeeded once
@@ -49,7 +50,12 @@ type poolEntry struct {
 	handedOff  atomic.Int64 // released connections closed for budget waiters
 }
 
-func (e *poolEntry) touch() { e.lastUsed.Store(time.Now().UnixNano()) }
+// touch records a use of e at clock reading now.
+func (e *poolEntry) touch(now int64) {
+	if e.lastUsed.Load() != now { // most uses fall in the same tick: spare the cache line a write
+		e.lastUsed.Store(now)
+	}
+}
 
 // poolSet maps tenants to pool entries.
 type poolSet struct {
@@ -96,7 +102,7 @@ func (s *poolSet) enter(ctx context.Context, tenant string) (*poolEntry, error) 
 	if e := s.tenants[tenant]; e != nil {
 		e.inflight.Add(1)
 		s.mu.RUnlock()
-		e.touch()
+		e.touch(e.clock.read())
 		return e, nil
 	}
 	s.mu.RUnlock()
@@ -112,7 +118,7 @@ func (s *poolSet) enter(ctx context.Context, tenant string) (*poolEntry, error) 
 		if e := s.tenants[tenant]; e != nil {
 			e.inflight.Add(1)
 			s.mu.Unlock()
-			e.touch()
+			e.touch(e.clock.read())
 			return e, nil
 		}
 		if call := s.calls[tenant]; call != nil {
@@ -171,7 +177,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 		s.tenants[tenant] = e
 		e.inflight.Add(1)
 		s.mu.Unlock()
-		e.touch()
+		e.touch(e.clock.read())
 		return e, nil
 	}
 	e := &poolEntry{
@@ -181,8 +187,9 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 		tenants: map[string]struct{}{tenant: {}},
 		probe:   make(chan struct{}, 1),
 		created: time.Now(),
+		clock:   s.c.clock,
 	}
-	e.touch()
+	e.touch(e.clock.read())
 	s.c.instrument(pc, e, tenant, id)
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
@@ -294,24 +301,25 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 	return false
 }
 
-// unparkStale gives connections parked for longer than parkMax back to
-// pgxpool.
-func (s *poolSet) unparkStale(now time.Time) {
+// unparkStale gives connections parked for parkMax (by the coarse clock,
+// whose reading now is) back to pgxpool.
+func (s *poolSet) unparkStale(now int64) {
 	s.mu.RLock()
 	all := make([]*poolEntry, 0, len(s.targets))
 	for _, e := range s.targets {
 		all = append(all, e)
 	}
 	s.mu.RUnlock()
-	cutoff := now.UnixNano() - int64(parkMax)
+	cutoff := now - int64(parkMax)
 	for _, e := range all {
 		e.unpark(cutoff)
 	}
 }
 
-// reap closes pools unused for longer than idle and pools left without
+// reap closes pools unused for idle or longer (by the coarse clock, whose
+// reading now is; 0 closes none for idleness) and pools left without
 // tenants. It returns how many it closed.
-func (s *poolSet) reap(now time.Time, idle time.Duration) int {
+func (s *poolSet) reap(now int64, idle time.Duration) int {
 	type victim struct {
 		e       *poolEntry
 		reason  string
@@ -320,7 +328,7 @@ func (s *poolSet) reap(now time.Time, idle time.Duration) int {
 	var victims []victim
 	s.mu.Lock()
 	for _, e := range s.targets {
-		stale := idle > 0 && now.UnixNano()-e.lastUsed.Load() > int64(idle)
+		stale := idle > 0 && now-e.lastUsed.Load() >= int64(idle)
 		if (stale || len(e.tenants) == 0) && removableLocked(e) {
 			reason := "idle"
 			if len(e.tenants) == 0 {

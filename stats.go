@@ -90,7 +90,7 @@ func (c *Connector) Stats() Stats {
 			Acquiring:  s.e.acquiringNow(),
 			Dials:      s.e.dials.Load(),
 			Created:    s.e.created,
-			LastUsed:   time.Unix(0, s.e.lastUsed.Load()),
+			LastUsed:   c.clock.wall(s.e.lastUsed.Load()),
 			ID:         s.e.id,
 			Rejections: s.e.rejections.Load(),
 			Evicted:    s.e.evicted.Load(),

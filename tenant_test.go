@@ -3,8 +3,10 @@ package tenantpg
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestWithTenant(t *testing.T) {
@@ -106,5 +108,35 @@ func TestTargetKeySharing(t *testing.T) {
 	a2, _, _ := s.resolve(context.Background(), "a")
 	if targetKey(a) != targetKey(a2) {
 		t.Fatal("same tenant resolves to different keys")
+	}
+}
+
+func TestTenantContextKeepsParent(t *testing.T) {
+	type other struct{}
+	parent, cancel := context.WithCancel(context.WithValue(context.Background(), other{}, "v"))
+	ctx := WithTenant(parent, "acme")
+	if got := ctx.Value(other{}); got != "v" {
+		t.Fatalf("parent value lost: %v", got)
+	}
+	// Derived contexts see the tenant and the parent's cancellation.
+	child, stop := context.WithTimeout(ctx, time.Hour)
+	defer stop()
+	if id, ok := TenantFromContext(child); !ok || id != "acme" {
+		t.Fatalf("TenantFromContext(child) = %q, %v", id, ok)
+	}
+	cancel()
+	select {
+	case <-child.Done():
+	case <-time.After(time.Second):
+		t.Fatal("cancelling the parent did not reach a context derived from WithTenant")
+	}
+	if !strings.Contains(fmt.Sprint(ctx), `WithTenant("acme")`) {
+		t.Fatalf("String() = %s", ctx)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = WithTenant(parent, "acme") }); n > 1 {
+		t.Fatalf("WithTenant allocates %v times, want 1", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = TenantFromContext(child) }); n != 0 {
+		t.Fatalf("TenantFromContext allocates %v times, want 0", n)
 	}
 }

@@ -43,7 +43,7 @@ func BenchmarkManyTenants(b *testing.B) {
 	}
 	b.Run("tenantpg", func(b *testing.B) {
 		db := open(b, withParams(url, "tenant_setting=app.tenant_id", "pool_max_conns=2"))
-		db.SetMaxIdleConns(0)
+		db.SetMaxIdleConns(tenantpg.IdleHandles) // as OpenDB does
 		run(b, func(ctx context.Context, t string) *sql.Row {
 			return db.QueryRowContext(tenantpg.WithTenant(ctx, t), query)
 		})
