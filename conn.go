@@ -30,11 +30,18 @@ import (
 type Conn struct {
 	c      *Connector
 	tenant string       // the checkout's tenant; "" for none
-	e      *poolEntry   // pool of sc; nil when unbound
-	sc     *stdlib.Conn // the tenant's connection; nil when unbound
+	pc     *pconn       // the tenant's connection; nil when unbound
+	sc     *stdlib.Conn // pc.sc
 	err    error        // why binding this checkout failed; every operation returns it
 	gen    uint64       // bindings so far; a stmt prepared under an older one re-prepares
 	stmts  []*stmt      // statements prepared on sc
+
+	// The connection this handle held last, which a checkout for the same
+	// tenant claims again without a lookup or a lock while it is parked
+	// and its entry still serves lastTenant as of lastGen (see pconn).
+	last       *pconn
+	lastTenant string
+	lastGen    uint32
 }
 
 var (
@@ -72,14 +79,28 @@ func (h *Conn) checkout(ctx context.Context) error {
 		h.c.noTenant.Add(1)
 		return nil
 	}
-	e, sc, err := h.c.acquire(ctx, tenant)
+	if pc := h.last; pc != nil && h.lastTenant == tenant && pc.e.mapGen.Load() == h.lastGen && pc.claim() {
+		if h.c.usable(pc) {
+			pc.uses.Add(1)
+			h.bind(pc)
+			return nil
+		}
+		pc.e.giveBack(pc)
+	}
+	pc, gen, err := h.c.acquire(ctx, tenant)
 	if err != nil {
+		h.last = nil
 		h.err = err
 		return err
 	}
-	h.e, h.sc = e, sc
-	h.gen++
+	h.bind(pc)
+	h.last, h.lastTenant, h.lastGen = pc, tenant, gen
 	return nil
+}
+
+func (h *Conn) bind(pc *pconn) {
+	h.pc, h.sc = pc, pc.sc
+	h.gen++
 }
 
 // release ends the checkout: statements prepared on the connection are
@@ -91,9 +112,9 @@ func (h *Conn) release() {
 			s.closeInner()
 		}
 		h.stmts = h.stmts[:0]
-		h.c.park(h.e, h.sc)
+		h.c.park(h.pc)
 	}
-	h.e, h.sc, h.err, h.tenant = nil, nil, nil, ""
+	h.pc, h.sc, h.err, h.tenant = nil, nil, nil, ""
 }
 
 // bound returns the checkout's connection or the reason there is none.
@@ -134,6 +155,7 @@ func (h *Conn) IsValid() bool {
 // Close parks the connection, if any.
 func (h *Conn) Close() error {
 	h.release()
+	h.last = nil
 	return nil
 }
 
@@ -158,12 +180,12 @@ func (h *Conn) Ping(ctx context.Context) error {
 	if t == "" {
 		return nil
 	}
-	e, sc, err := h.c.acquire(WithTenant(ctx, t), t)
+	pc, _, err := h.c.acquire(WithTenant(ctx, t), t)
 	if err != nil {
 		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
 	}
-	defer h.c.park(e, sc)
-	if err := sc.Ping(ctx); err != nil {
+	defer h.c.park(pc)
+	if err := pc.sc.Ping(ctx); err != nil {
 		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
 	}
 	return nil

@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Connector is a driver.Connector that routes each connection request to
@@ -105,31 +104,32 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	return h, nil
 }
 
-// acquire returns a connection of tenant's pool: a parked one, or one from
-// pgxpool, which may dial (within the budget).
-func (c *Connector) acquire(ctx context.Context, tenant string) (*poolEntry, *stdlib.Conn, error) {
-	e, err := c.set.enter(ctx, tenant)
+// acquire returns a connection of tenant's pool (a parked one, or one from
+// pgxpool, which may dial within the budget) and the pool entry's mapGen as
+// of the tenant's lookup.
+func (c *Connector) acquire(ctx context.Context, tenant string) (*pconn, uint32, error) {
+	e, gen, err := c.set.enterGen(ctx, tenant)
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, err
 	}
 	defer e.inflight.Add(-1)
-	var sc *stdlib.Conn
+	var pc *pconn
 	if !e.verified.Load() {
-		sc, err = c.probeConnect(ctx, tenant, e)
+		pc, err = c.probeConnect(ctx, tenant, e)
 	} else {
-		sc, err = c.connect(ctx, tenant, e)
+		pc, err = c.connect(ctx, tenant, e)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, err
 	}
-	e.checkouts.Add(1)
-	return e, sc, nil
+	pc.uses.Add(1)
+	return pc, gen, nil
 }
 
 // probeConnect lets one connection attempt at a time reach a pool that never
 // connected, so that a burst of requests for an unknown tenant dials once
 // and the rest fail from the negative cache.
-func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntry) (*stdlib.Conn, error) {
+func (c *Connector) probeConnect(ctx context.Context, tenant string, e *poolEntry) (*pconn, error) {
 	start := time.Now()
 	select {
 	case e.probe <- struct{}{}:
@@ -178,7 +178,7 @@ func (c *Connector) budgetBlocked(e *poolEntry) bool {
 	return c.budget.max > 0 && e.open.Load() == 0 && c.budget.full()
 }
 
-func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (*stdlib.Conn, error) {
+func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (*pconn, error) {
 	if c.budget.max == 0 {
 		conn, err := c.get(ctx, e)
 		if err != nil {
@@ -186,8 +186,8 @@ func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (*
 		}
 		return conn, nil
 	}
-	if sc := c.popParked(e); sc != nil {
-		return sc, nil // no dial, no budget bookkeeping
+	if pc := c.claimParked(e); pc != nil {
+		return pc, nil // no dial, no budget bookkeeping
 	}
 	cc := &callCtx{Context: ctx}
 	defer c.budget.finish(&cc.state)

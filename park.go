@@ -3,6 +3,7 @@ package tenantpg
 import (
 	"context"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
@@ -16,50 +17,87 @@ import (
 // between parkMax minus one tick and parkMax.
 const parkMax = time.Second
 
-// parked is a connection a handle gave back, kept by its pool entry for
-// the next checkout of the same pool. pgxpool counts it as acquired.
-type parked struct {
-	sc *stdlib.Conn
-	at int64 // coarseClock reading
+// pconn is a connection tenantpg holds from a pool entry's pgxpool, from
+// the checkout that acquired it until it is given back: checked out by a
+// handle, or parked for the entry's next checkout. It sits in one of the
+// entry's slots all that time, so that a checkout claims a parked one with a
+// compare-and-swap, and the handle that held it last claims it again
+// without looking anything up.
+type pconn struct {
+	sc    *stdlib.Conn
+	e     *poolEntry
+	slot  int           // index in e.slots; fixed
+	state atomic.Uint32 // pcInUse, pcParked or pcGone
+	at    atomic.Int64  // coarse clock reading of the last park
+	uses  atomic.Int64  // checkouts served
+}
+
+// pconn states. Only the holder of an in-use connection changes its state
+// (to parked or gone); anyone may claim a parked one (parked to in use).
+const (
+	pcInUse uint32 = iota
+	pcParked
+	pcGone // given back to pgxpool
+)
+
+// claim takes a parked connection and reports whether it did.
+func (pc *pconn) claim() bool {
+	return pc.state.Load() == pcParked && pc.state.CompareAndSwap(pcParked, pcInUse)
 }
 
 // parkWaiter is a checkout waiting for one of its pool's connections while
 // tenantpg holds all pool_max_conns of them. A connection given back is
 // sent to it directly; nil means "capacity came back to pgxpool: acquire".
 type parkWaiter struct {
-	ch chan *stdlib.Conn // buffered: senders never block
+	ch chan *pconn // buffered: senders never block
 }
 
-// The fields of poolEntry guarded by parkMu:
+// The fields of poolEntry for parking:
 //
-//	parked    []parked      LIFO
+//	slots     []atomic.Pointer[pconn] len pool_max_conns; a slot holds a pconn from its acquisition to its give-back
+//	slow      atomic.Int32            > 0 while releases must go through parkMu: waiters, callers in pgxpool's Acquire, closing
+//	parkMu    guards the rest
 //	waiters   []*parkWaiter FIFO
-//	held      int           connections tenantpg acquired from pgxpool and has not given back (checked out or parked)
-//	acquiring int           checkouts inside pgxpool's Acquire
-//	closing   bool          the pool is being closed: park nothing more
+//	held      int   connections tenantpg acquired from pgxpool and has not given back, plus acquisitions under way
+//	acquiring int   checkouts inside pgxpool's Acquire
+//	closing   bool  the pool is being closed: park nothing more
+//	gone      int64 checkouts served by connections given back (for Stats)
+//
+// A parked connection is published by storing pcParked, and a checkout
+// about to wait or acquire raises slow before it looks at the slots a last
+// time; a release that parked reads slow after its store. Go's atomics are
+// sequentially consistent, so one of the two sees the other: the checkout
+// finds the connection, or the release takes it back and hands it over
+// under parkMu.
 
-// get returns a connection of e for ctx: the most recently parked one that
-// passes its session check, one given back by another checkout while this
-// one waited (when tenantpg holds all of the pool's connections), or one
-// acquired from pgxpool.
-func (c *Connector) get(ctx context.Context, e *poolEntry) (*stdlib.Conn, error) {
+// get returns a connection of e for ctx: a parked one that passes its
+// session check, one given back by another checkout while this one waited
+// (when tenantpg holds all of the pool's connections), or one acquired from
+// pgxpool.
+func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 	for {
-		if sc := c.popParked(e); sc != nil {
-			return sc, nil
+		if pc := c.claimParked(e); pc != nil {
+			return pc, nil
 		}
 		e.parkMu.Lock()
-		if len(e.parked) > 0 {
+		e.slow.Add(1)
+		if pc := e.claimAny(); pc != nil {
+			e.slow.Add(-1)
 			e.parkMu.Unlock()
-			continue // parked meanwhile
+			if c.usable(pc) {
+				return pc, nil
+			}
+			e.giveBack(pc)
+			continue
 		}
 		if e.held >= e.maxConns && !e.closing {
-			sc, err := e.waitLocked(ctx)
-			if err != nil || sc != nil {
-				return sc, err
+			pc, err := e.waitLocked(ctx)
+			if err != nil || pc != nil {
+				return pc, err
 			}
 			continue // capacity came back to pgxpool
 		}
-		// Registered under the lock: park gives connections to pgxpool
+		// Registered under the lock: releases give connections to pgxpool
 		// while someone may be blocked in its Acquire (pgx-native users of
 		// Pool can hold connections tenantpg does not count).
 		e.acquiring++
@@ -68,7 +106,11 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*stdlib.Conn, error)
 		dc, err := e.connector.Connect(ctx)
 		e.parkMu.Lock()
 		e.acquiring--
-		if err != nil {
+		e.slow.Add(-1)
+		var pc *pconn
+		if err == nil {
+			pc = e.listLocked(dc.(*stdlib.Conn))
+		} else {
 			e.held--
 			e.wakeLocked()
 		}
@@ -76,56 +118,80 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*stdlib.Conn, error)
 		if err != nil {
 			return nil, err
 		}
-		return dc.(*stdlib.Conn), nil
+		return pc, nil
 	}
 }
 
-// popParked returns the most recently parked connection of e that is still
-// open and not owed to a budget waiter of another pool, or nil. Others go
-// back to pgxpool. The checks of park (no transaction, not busy) held when
-// it was parked, less than parkMax ago; pgxpool pings a connection idle for
-// longer before it hands it out.
-func (c *Connector) popParked(e *poolEntry) *stdlib.Conn {
+// claimParked returns a parked connection of e that passes usable, or nil.
+// Those that do not go back to pgxpool.
+func (c *Connector) claimParked(e *poolEntry) *pconn {
 	for {
-		e.parkMu.Lock()
-		n := len(e.parked)
-		if n == 0 {
-			e.parkMu.Unlock()
-			return nil
+		pc := e.claimAny()
+		if pc == nil || c.usable(pc) {
+			return pc
 		}
-		p := e.parked[n-1]
-		e.parked[n-1] = parked{}
-		e.parked = e.parked[:n-1]
-		e.parkMu.Unlock()
-		if c.clock.read()-p.at >= int64(parkMax) || p.sc.Conn().IsClosed() || c.budget.shouldYield(e) {
-			e.giveBack(p.sc)
-			continue
-		}
-		return p.sc
+		e.giveBack(pc)
 	}
 }
 
-// waitLocked queues the caller for a connection of e and unlocks parkMu. It
-// returns a connection handed over, nil to retry, or ctx's error.
-func (e *poolEntry) waitLocked(ctx context.Context) (*stdlib.Conn, error) {
-	w := &parkWaiter{ch: make(chan *stdlib.Conn, 1)}
+// usable reports whether a connection just claimed may serve a checkout: it
+// is open and not owed to a budget waiter of another pool, and it was parked
+// less than parkMax ago (pgxpool pings a connection idle for longer before
+// it hands it out). The checks of park (no transaction, not busy) held when
+// it was parked.
+func (c *Connector) usable(pc *pconn) bool {
+	return c.clock.read()-pc.at.Load() < int64(parkMax) && !pc.sc.Conn().IsClosed() && !c.budget.shouldYield(pc.e)
+}
+
+// claimAny claims the parked connection in e's lowest slot, or returns nil.
+// Preferring low slots keeps a pool's busy connections few and lets the
+// others age out to pgxpool.
+func (e *poolEntry) claimAny() *pconn {
+	for i := range e.slots {
+		if pc := e.slots[i].Load(); pc != nil && pc.claim() {
+			return pc
+		}
+	}
+	return nil
+}
+
+// listLocked puts a connection just acquired from pgxpool into a free slot.
+// held counts every listed connection and is at most pool_max_conns, the
+// number of slots, when it is listed.
+func (e *poolEntry) listLocked(sc *stdlib.Conn) *pconn {
+	for i := range e.slots {
+		if e.slots[i].Load() == nil {
+			pc := &pconn{sc: sc, e: e, slot: i}
+			e.slots[i].Store(pc)
+			return pc
+		}
+	}
+	panic("tenantpg: more connections held than pool_max_conns")
+}
+
+// waitLocked queues the caller (already counted in slow) for a connection
+// of e and unlocks parkMu. It returns a connection handed over, nil to
+// retry, or ctx's error.
+func (e *poolEntry) waitLocked(ctx context.Context) (*pconn, error) {
+	w := &parkWaiter{ch: make(chan *pconn, 1)}
 	e.waiters = append(e.waiters, w)
 	e.parkMu.Unlock()
 	select {
-	case sc := <-w.ch:
-		return sc, nil
+	case pc := <-w.ch:
+		return pc, nil
 	case <-ctx.Done():
 	}
 	e.parkMu.Lock()
 	if i := slices.Index(e.waiters, w); i >= 0 {
 		e.waiters = slices.Delete(e.waiters, i, i+1)
+		e.slow.Add(-1)
 		e.parkMu.Unlock()
 		return nil, ctx.Err()
 	}
 	e.parkMu.Unlock()
 	// Someone sent as we gave up: pass it on.
-	if sc := <-w.ch; sc != nil {
-		e.handOn(sc, e.clock.read())
+	if pc := <-w.ch; pc != nil {
+		e.handOn(pc)
 	} else {
 		e.parkMu.Lock()
 		e.wakeLocked()
@@ -134,59 +200,83 @@ func (e *poolEntry) waitLocked(ctx context.Context) (*stdlib.Conn, error) {
 	return nil, ctx.Err()
 }
 
+// popWaiterLocked removes and returns the first waiter.
+func (e *poolEntry) popWaiterLocked() *parkWaiter {
+	w := e.waiters[0]
+	e.waiters = slices.Delete(e.waiters, 0, 1)
+	e.slow.Add(-1)
+	return w
+}
+
 // wakeLocked tells the first waiter, if any, to acquire from pgxpool:
 // tenantpg holds fewer connections of e than it may.
 func (e *poolEntry) wakeLocked() {
 	if len(e.waiters) == 0 || e.held >= e.maxConns && !e.closing {
 		return
 	}
-	w := e.waiters[0]
-	e.waiters = slices.Delete(e.waiters, 0, 1)
-	w.ch <- nil
+	e.popWaiterLocked().ch <- nil
 }
 
-// handOn gives a healthy connection to the first waiter, or parks it.
-func (e *poolEntry) handOn(sc *stdlib.Conn, now int64) {
+// handOn gives a healthy connection its holder is done with to the first
+// waiter, or to pgxpool when a caller may be blocked in its Acquire or the
+// pool is closing, or else parks it.
+func (e *poolEntry) handOn(pc *pconn) {
 	e.parkMu.Lock()
 	if len(e.waiters) > 0 {
-		w := e.waiters[0]
-		e.waiters = slices.Delete(e.waiters, 0, 1)
+		w := e.popWaiterLocked()
 		e.parkMu.Unlock()
-		w.ch <- sc
+		w.ch <- pc
 		return
 	}
 	if e.acquiring > 0 || e.closing {
 		e.parkMu.Unlock()
-		e.giveBack(sc)
+		e.giveBack(pc)
 		return
 	}
-	e.parked = append(e.parked, parked{sc: sc, at: now})
+	pc.state.Store(pcParked)
 	e.parkMu.Unlock()
 }
 
-// giveBack returns sc to pgxpool, which keeps or destroys it, and lets a
-// waiter acquire in its place.
-func (e *poolEntry) giveBack(sc *stdlib.Conn) {
-	_ = sc.Close()
+// giveBack returns a connection its caller holds to pgxpool, which keeps or
+// destroys it, and lets a waiter acquire in its place.
+func (e *poolEntry) giveBack(pc *pconn) {
+	_ = pc.sc.Close()
 	e.parkMu.Lock()
+	pc.state.Store(pcGone)
+	e.slots[pc.slot].Store(nil)
+	e.gone += pc.uses.Load()
 	e.held--
 	e.wakeLocked()
 	e.parkMu.Unlock()
 }
 
-// park hands sc to a checkout of e that waits for one, keeps it for e's
-// next checkout, or gives it back to pgxpool when it is not reusable as is,
-// a budget waiter of another pool should get its slot, a caller waits in
-// pgxpool for one of e's connections, or e is closing.
-func (c *Connector) park(e *poolEntry, sc *stdlib.Conn) {
-	pc := sc.Conn().PgConn()
-	if pc.IsClosed() || pc.IsBusy() || pc.TxStatus() != 'I' || c.closed.Load() || c.budget.shouldYield(e) {
-		e.giveBack(sc)
+// park ends a checkout of pc: it gives pc back to pgxpool when pc is not
+// reusable as is, the connector is closed or a budget waiter of another
+// pool should get its slot; otherwise it parks pc, without a lock unless a
+// checkout of the pool waits or acquires (then handOn decides).
+func (c *Connector) park(pc *pconn) {
+	e := pc.e
+	pg := pc.sc.Conn().PgConn()
+	if pg.IsClosed() || pg.IsBusy() || pg.TxStatus() != 'I' || c.closed.Load() || c.budget.shouldYield(e) {
+		e.giveBack(pc)
 		return
 	}
 	now := c.clock.read()
 	e.touch(now)
-	e.handOn(sc, now)
+	pc.at.Store(now)
+	e.release(pc)
+}
+
+// release parks a connection its caller holds, or hands it on when
+// releases must go through parkMu.
+func (e *poolEntry) release(pc *pconn) {
+	if e.slow.Load() == 0 {
+		pc.state.Store(pcParked)
+		if e.slow.Load() == 0 || !pc.claim() {
+			return // parked, or a checkout that was about to wait took it
+		}
+	}
+	e.handOn(pc)
 }
 
 // acquiringNow returns how many checkouts of e are inside pgxpool's Acquire
@@ -199,31 +289,45 @@ func (e *poolEntry) acquiringNow() int {
 
 // parkedLen returns how many connections e has parked.
 func (e *poolEntry) parkedLen() int {
-	e.parkMu.Lock()
-	defer e.parkMu.Unlock()
-	return len(e.parked)
-}
-
-// unpark gives the connections parked before cutoff (unix nanoseconds) back
-// to pgxpool and returns how many.
-func (e *poolEntry) unpark(cutoff int64) int {
-	e.parkMu.Lock()
-	var out []parked
-	keep := e.parked[:0]
-	for _, p := range e.parked {
-		if p.at <= cutoff {
-			out = append(out, p)
-		} else {
-			keep = append(keep, p)
+	n := 0
+	for i := range e.slots {
+		if pc := e.slots[i].Load(); pc != nil && pc.state.Load() == pcParked {
+			n++
 		}
 	}
-	clear(e.parked[len(keep):])
-	e.parked = keep
-	e.parkMu.Unlock()
-	for _, p := range out {
-		e.giveBack(p.sc)
+	return n
+}
+
+// checkoutCount returns how many checkouts e's connections served.
+func (e *poolEntry) checkoutCount() int64 {
+	e.parkMu.Lock()
+	defer e.parkMu.Unlock()
+	n := e.gone
+	for i := range e.slots {
+		if pc := e.slots[i].Load(); pc != nil {
+			n += pc.uses.Load()
+		}
 	}
-	return len(out)
+	return n
+}
+
+// unpark gives the connections parked at or before cutoff (a coarse clock
+// reading) back to pgxpool and returns how many.
+func (e *poolEntry) unpark(cutoff int64) int {
+	n := 0
+	for i := range e.slots {
+		pc := e.slots[i].Load()
+		if pc == nil || pc.at.Load() > cutoff || !pc.claim() {
+			continue
+		}
+		if pc.at.Load() > cutoff { // parked again between the two reads
+			e.release(pc)
+			continue
+		}
+		e.giveBack(pc)
+		n++
+	}
+	return n
 }
 
 // unparkAll gives every parked connection of e back to pgxpool.
@@ -235,6 +339,7 @@ func (e *poolEntry) unparkAll() { e.unpark(1<<63 - 1) }
 func (e *poolEntry) closePool() {
 	e.parkMu.Lock()
 	e.closing = true
+	e.slow.Add(1) // for good: every release goes through handOn
 	for len(e.waiters) > 0 {
 		e.wakeLocked()
 	}

@@ -35,17 +35,24 @@ type poolEntry struct {
 	verified atomic.Bool  // a connection succeeded once
 	probe    chan struct{}
 
-	maxConns  int        // pool_max_conns
-	parkMu    sync.Mutex // guards the fields below; see park.go
-	parked    []parked
+	maxConns int // pool_max_conns
+	// Parking; see park.go.
+	slots     []atomic.Pointer[pconn]
+	slow      atomic.Int32
+	parkMu    sync.Mutex
 	waiters   []*parkWaiter
 	held      int
 	acquiring int
 	closing   bool
+	gone      int64
+
+	// mapGen changes whenever a tenant stops mapping to the entry (unmapped
+	// or removed): a handle's shortcut to the connection it held last is
+	// valid while mapGen is what it was when that connection was acquired.
+	mapGen atomic.Uint32
 
 	rejections atomic.Int64
 	dials      atomic.Int64 // physical connections opened
-	checkouts  atomic.Int64 // connections handed to handles
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
 }
@@ -98,38 +105,46 @@ func (s *poolSet) lookup(tenant string) *poolEntry {
 // caller must lower it. A cold tenant is resolved once however many callers
 // ask for it at the same time.
 func (s *poolSet) enter(ctx context.Context, tenant string) (*poolEntry, error) {
+	e, _, err := s.enterGen(ctx, tenant)
+	return e, err
+}
+
+// enterGen is enter that also returns the entry's mapGen as of the lookup.
+func (s *poolSet) enterGen(ctx context.Context, tenant string) (*poolEntry, uint32, error) {
 	s.mu.RLock()
 	if e := s.tenants[tenant]; e != nil {
 		e.inflight.Add(1)
+		gen := e.mapGen.Load()
 		s.mu.RUnlock()
 		e.touch(e.clock.read())
-		return e, nil
+		return e, gen, nil
 	}
 	s.mu.RUnlock()
 	for {
 		if err := s.c.rejects.get(tenant); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		s.mu.Lock()
 		if s.c.closed.Load() {
 			s.mu.Unlock()
-			return nil, ErrClosed
+			return nil, 0, ErrClosed
 		}
 		if e := s.tenants[tenant]; e != nil {
 			e.inflight.Add(1)
+			gen := e.mapGen.Load()
 			s.mu.Unlock()
 			e.touch(e.clock.read())
-			return e, nil
+			return e, gen, nil
 		}
 		if call := s.calls[tenant]; call != nil {
 			s.mu.Unlock()
 			select {
 			case <-call.done:
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, 0, ctx.Err()
 			}
 			if call.err != nil && !isContextError(call.err) {
-				return nil, call.err
+				return nil, 0, call.err
 			}
 			continue // resolved, or the resolving caller gave up: try again
 		}
@@ -137,14 +152,14 @@ func (s *poolSet) enter(ctx context.Context, tenant string) (*poolEntry, error) 
 		s.calls[tenant] = call
 		s.mu.Unlock()
 
-		e, err := s.resolve(ctx, tenant)
+		e, gen, err := s.resolve(ctx, tenant)
 
 		s.mu.Lock()
 		delete(s.calls, tenant)
 		call.err = err
 		close(call.done)
 		s.mu.Unlock()
-		return e, err
+		return e, gen, err
 	}
 }
 
@@ -156,11 +171,11 @@ func isContextError(err error) bool {
 // it, creating the pool if no other tenant shares that target. The entry is
 // returned with its inflight count raised, so that the reaper cannot close
 // it before the caller uses it.
-func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error) {
+func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, uint32, error) {
 	st := s.c.settings
 	pc, id, err := st.resolve(ctx, tenant)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	key := targetKey(pc)
 	if !st.cfg.SharePools {
@@ -170,15 +185,16 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 	s.mu.Lock()
 	if s.c.closed.Load() {
 		s.mu.Unlock()
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	if e := s.targets[key]; e != nil {
 		e.tenants[tenant] = struct{}{}
 		s.tenants[tenant] = e
 		e.inflight.Add(1)
+		gen := e.mapGen.Load()
 		s.mu.Unlock()
 		e.touch(e.clock.read())
-		return e, nil
+		return e, gen, nil
 	}
 	e := &poolEntry{
 		id:      s.nextID.Add(1),
@@ -194,10 +210,11 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("tenantpg: pool for tenant %q: %w", tenant, err)
+		return nil, 0, fmt.Errorf("tenantpg: pool for tenant %q: %w", tenant, err)
 	}
 	e.pool = pool
 	e.maxConns = int(pc.MaxConns)
+	e.slots = make([]atomic.Pointer[pconn], e.maxConns)
 	e.connector = stdlib.GetPoolConnector(pool)
 	s.targets[key] = e
 	s.tenants[tenant] = e
@@ -206,7 +223,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, error
 	s.mu.Unlock()
 	s.created.Add(1)
 	s.c.log(ctx, slog.LevelInfo, "tenantpg: pool created", slog.String("tenant", tenant), slog.String("target", e.target), slog.Uint64("pool", e.id))
-	return e, nil
+	return e, 0, nil
 }
 
 // unmap removes a tenant's mapping, so that its next request resolves again.
@@ -215,6 +232,7 @@ func (s *poolSet) unmap(tenant string, e *poolEntry) {
 	if s.tenants[tenant] == e {
 		delete(s.tenants, tenant)
 		delete(e.tenants, tenant)
+		e.mapGen.Add(1)
 	}
 	s.mu.Unlock()
 }
@@ -234,6 +252,7 @@ func removableLocked(e *poolEntry) bool {
 // closes its pool outside the lock.
 func (s *poolSet) removeLocked(e *poolEntry) []string {
 	e.removed = true
+	e.mapGen.Add(1)
 	delete(s.targets, e.key)
 	tenants := make([]string, 0, len(e.tenants))
 	for t := range e.tenants {

@@ -86,7 +86,7 @@ func (c *Connector) Stats() Stats {
 			Tenants:    s.tenants,
 			OpenConns:  int(s.e.open.Load()),
 			Parked:     s.e.parkedLen(),
-			Checkouts:  s.e.checkouts.Load(),
+			Checkouts:  s.e.checkoutCount(),
 			Acquiring:  s.e.acquiringNow(),
 			Dials:      s.e.dials.Load(),
 			Created:    s.e.created,

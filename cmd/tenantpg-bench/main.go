@@ -1,8 +1,9 @@
 // Command tenantpg-bench measures tenantpg against the alternatives users
 // have, on a throwaway PostgreSQL and PgBouncer (internal/pgtest). Every
-// comparison runs its contenders interleaved in the same process (A B C, B C
-// A, ...) so that machine noise falls on all of them, and reports medians and
-// ratios. It writes a Markdown report and an SVG chart.
+// comparison runs its contenders interleaved in the same process, in a new
+// order each round, so that machine noise falls on all of them, and reports
+// medians and per-round ratios. It writes a Markdown report and an SVG
+// chart.
 //
 //	make bench-report   (or: go run ./cmd/tenantpg-bench -out docs/benchmarks.md -svg docs/benchmarks.svg)
 package main

@@ -46,7 +46,9 @@ func (r *report) header(env *pgtest.Env, o options) {
 		time.Now().UTC().Format("2006-01-02"), machine())
 	r.printf("PostgreSQL 15 and PgBouncer 1.18 (transaction pooling) run on the same machine on loopback, started by `internal/pgtest` ")
 	r.printf("(PostgreSQL port %d, PgBouncer port %d, SCRAM authentication).\n", env.PGPort, env.BouncerPort)
-	r.printf("Each comparison runs its contenders interleaved in one process (A B C, B C A, ...), %d rounds of %s each, and reports the median.\n\n",
+	r.printf("Each comparison runs its contenders interleaved in one process, %d rounds of %s each; every round runs them in a new (shuffled) order, "+
+		"and every measured run starts after a garbage collection and an unmeasured warm-up of a tenth of its length. "+
+		"Throughput is the median over rounds; a ratio is the median over rounds of the two contenders' throughputs in the same round.\n\n",
 		o.rounds, o.duration)
 }
 
@@ -56,10 +58,10 @@ func (r *report) section(title, intro string) {
 
 // throughputTable prints summaries with ratios against the baseline name.
 func (r *report) throughputTable(caption string, res []summary, baseline string, withServer bool) {
-	var base float64
+	var base summary
 	for _, s := range res {
 		if s.name == baseline {
-			base = s.median
+			base = s
 		}
 	}
 	r.printf("**%s**\n\n", caption)
@@ -69,7 +71,7 @@ func (r *report) throughputTable(caption string, res []summary, baseline string,
 		r.printf("| contender | queries/s | vs %s | p50 | p99 | errors |\n|---|---|---|---|---|---|\n", baseline)
 	}
 	for _, s := range res {
-		ratio := s.median / base
+		ratio := ratio(s, base)
 		r.printf("| %s | %.0f | %.2fx | %s | %s | %d%s |", s.name, s.median, ratio, round(s.p50), round(s.p99), s.errs, errNote(s.firstErr))
 		if withServer {
 			r.printf(" %d |", s.peakServer)
@@ -124,11 +126,11 @@ func (r *report) targetsSection() {
 		r.printf("| one tenant, %s: at least 1.00x stdlib.OpenDB | %s %.2fx | %s |\n", x.caption, x.name, x.ratio, yes(x.ratio >= 1))
 	}
 	if m := r.many; m != nil {
-		ratio := m.tenantpg.median / m.mapDB.median
-		r.printf("| 100 tenants: at least 1.0x the map of *sql.DB | %.2fx | %s |\n", ratio, yes(ratio >= 1))
+		rm := ratio(m.tenantpg, m.mapDB)
+		r.printf("| 100 tenants: at least 1.0x the map of *sql.DB | %.2fx | %s |\n", rm, yes(rm >= 1))
 		r.printf("| 100 tenants: no more server connections than the map | %d vs %d | %s |\n",
 			m.tenantpg.peakServer, m.mapDB.peakServer, yes(m.tenantpg.peakServer <= m.mapDB.peakServer))
-		pq := m.tenantpg.median / m.perQuery.median
+		pq := ratio(m.tenantpg, m.perQuery)
 		r.printf("| 100 tenants: at least 50x connection per query | %.0fx | %s |\n", pq, yes(pq >= 50))
 	}
 	if h := r.huge; h != nil {

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -122,18 +124,29 @@ type summary struct {
 	firstErr   error
 }
 
-// interleave runs every contender once per round, rotating the order each
-// round, and summarises medians.
+// interleave runs every contender once per round and summarises medians.
+// Each round runs the contenders in a new order (a fixed-seed shuffle), so
+// that no contender always follows the same one, and each measured run
+// starts from a collected heap and a short unmeasured warm-up: what one
+// contender leaves behind (garbage, idle connections) is not charged to the
+// next.
 func interleave(ctx context.Context, cs []contender, rounds, workers int, dur time.Duration, count sampler) []summary {
 	for _, c := range cs {
 		if c.warm != nil {
 			c.warm(ctx)
 		}
 	}
+	rng := rand.New(rand.NewPCG(1, uint64(len(cs))))
+	order := make([]int, len(cs))
+	for i := range order {
+		order[i] = i
+	}
 	res := make([][]runResult, len(cs))
 	for r := 0; r < rounds; r++ {
-		for k := range cs {
-			i := (k + r) % len(cs)
+		rng.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		for _, i := range order {
+			runtime.GC()
+			runOnce(ctx, cs[i], workers, dur/10, nil) // warm-up, not measured
 			res[i] = append(res[i], runOnce(ctx, cs[i], workers, dur, count))
 		}
 	}
@@ -156,6 +169,18 @@ func interleave(ctx context.Context, cs []contender, rounds, workers int, dur ti
 		out[i] = s
 	}
 	return out
+}
+
+// ratio is the median over rounds of s's throughput divided by base's in
+// the same round: pairing runs of one round cancels drifts between rounds.
+func ratio(s, base summary) float64 {
+	var rs []float64
+	for i := range min(len(s.rounds), len(base.rounds)) {
+		if b := base.rounds[i].opsPerSec; b > 0 {
+			rs = append(rs, s.rounds[i].opsPerSec/b)
+		}
+	}
+	return median(rs)
 }
 
 func median(xs []float64) float64 {
