@@ -3,7 +3,8 @@
 // comparison runs its contenders interleaved in the same process, in a new
 // order each round, so that machine noise falls on all of them, and reports
 // medians and per-round ratios. It writes a Markdown report and an SVG
-// chart.
+// chart. With TPBENCH_ROUNDS set it also prints every round's throughput to
+// stderr, for studying the noise.
 //
 //	make bench-report   (or: go run ./cmd/tenantpg-bench -out docs/benchmarks.md -svg docs/benchmarks.svg)
 package main
@@ -34,8 +35,8 @@ type options struct {
 
 func main() {
 	var o options
-	flag.IntVar(&o.rounds, "rounds", 5, "interleaved rounds per comparison")
-	flag.DurationVar(&o.duration, "duration", 2*time.Second, "duration of one contender's run in a round")
+	flag.IntVar(&o.rounds, "rounds", 9, "interleaved rounds per comparison")
+	flag.DurationVar(&o.duration, "duration", time.Second, "duration of one contender's run in a round")
 	flag.BoolVar(&o.quick, "quick", false, "short runs (smoke test of the program)")
 	flag.StringVar(&o.only, "only", "", "comma separated scenarios to run: single,many,huge,cold,checkout,chart (default all)")
 	flag.StringVar(&o.out, "out", "", "write the Markdown report here (default stdout only)")

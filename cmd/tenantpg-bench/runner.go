@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -148,6 +150,13 @@ func interleave(ctx context.Context, cs []contender, rounds, workers int, dur ti
 			runtime.GC()
 			runOnce(ctx, cs[i], workers, dur/10, nil) // warm-up, not measured
 			res[i] = append(res[i], runOnce(ctx, cs[i], workers, dur, count))
+		}
+	}
+	if os.Getenv("TPBENCH_ROUNDS") != "" { // per-round figures, for studying noise
+		for i, c := range cs {
+			for r, x := range res[i] {
+				fmt.Fprintf(os.Stderr, "round %d %-22s %8.0f\n", r, c.name, x.opsPerSec)
+			}
 		}
 	}
 	out := make([]summary, len(cs))
