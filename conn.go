@@ -79,13 +79,17 @@ func (h *Conn) checkout(ctx context.Context) error {
 		h.c.noTenant.Add(1)
 		return nil
 	}
-	if pc := h.last; pc != nil && h.lastTenant == tenant && pc.e.mapGen.Load() == h.lastGen && pc.claim() {
-		if h.c.usable(pc) {
+	if pc := h.last; pc != nil && h.lastTenant == tenant && pc.claim() {
+		switch {
+		case pc.e.mapGen.Load() != h.lastGen: // the tenant was unmapped since: look it up
+			pc.e.release(pc)
+		case h.c.usable(pc):
 			pc.uses.Add(1)
 			h.bind(pc)
 			return nil
+		default:
+			pc.e.giveBack(pc)
 		}
-		pc.e.giveBack(pc)
 	}
 	pc, gen, err := h.c.acquire(ctx, tenant)
 	if err != nil {

@@ -3,10 +3,14 @@ package integration
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
+	"weak"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
@@ -260,4 +264,93 @@ func TestContendedPoolHandsOverDirectly(t *testing.T) {
 		t.Errorf("pgxpool acquires = %d for %d checkouts: hand-overs went through pgxpool", acq, p.Checkouts)
 	}
 	t.Logf("%d checkouts, %d pgxpool acquires", p.Checkouts, p.Pool.AcquireCount())
+}
+
+// TestRejectedTenantLosesHandleShortcut: a handle claims the connection it
+// held last without looking its tenant up, but not once the tenant has been
+// rejected since. The tenant's role loses LOGIN while one of its sessions
+// holds a connection; a second session's login is rejected, which unmaps
+// the tenant; the held connection is then parked. The next query for the
+// tenant, on an idle handle that remembers that connection, must fail with
+// the cached *RejectedError as before the shortcut existed, not run on the
+// parked connection.
+func TestRejectedTenantLosesHandleShortcut(t *testing.T) {
+	env := pgtest.Shared(t)
+	ctx := testCtx(t)
+	const id = "revoked1"
+	if err := env.Provision(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, env.DirectURL(env.SuperUser, "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	role := pgx.Identifier{"app." + id}.Sanitize()
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), "alter role "+role+" login") })
+
+	db := directUserDB(t, env, "pool_max_conns=2", "tenant_pool_idle=1h", "tenant_reject_ttl=1h")
+	db.SetMaxIdleConns(4)
+	tctx := tenantpg.WithTenant(ctx, id)
+	held, err := db.Conn(tctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := held.ExecContext(tctx, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, "alter role "+role+" nologin"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = db.ExecContext(tctx, "select 1") // needs a second login
+	var re *tenantpg.RejectedError
+	if !errors.As(err, &re) {
+		t.Fatalf("second session: %v, want a *RejectedError", err)
+	}
+	held.Close() // parks the connection; its handle goes idle remembering it
+	for i := range 4 {
+		_, err = db.ExecContext(tctx, "select 1")
+		if !errors.As(err, &re) {
+			t.Fatalf("query %d after the rejection: %v, want the cached *RejectedError", i, err)
+		}
+	}
+}
+
+// TestIdleHandlesDoNotRetainReapedPools: an idle handle remembers the
+// connection it held last, but once that connection has gone back to
+// pgxpool and its pool has been reaped, the handle must not keep the
+// pool's memory alive (10,000 tenants through a handful of handles would
+// otherwise hold a dead pool each).
+func TestIdleHandlesDoNotRetainReapedPools(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 1)
+	db := directUserDB(t, env, "tenant_pool_idle=200ms")
+	db.SetMaxIdleConns(4)
+	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
+	if _, err := db.ExecContext(ctx, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := tenantpg.Pool(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wp := weak.Make(pool)
+	pool = nil
+	deadline := time.Now().Add(10 * time.Second)
+	for len(stats(t, db).Pools) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("pool not reaped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for wp.Value() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("a reaped pool is still reachable (from an idle handle?)")
+		}
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := db.Stats(); st.Idle == 0 {
+		t.Fatalf("no idle handle left (%+v): the check above proved nothing", st)
+	}
 }
