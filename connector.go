@@ -34,6 +34,7 @@ type Connector struct {
 	closeOnce sync.Once
 	stop      chan struct{}
 	reaperWG  sync.WaitGroup
+	closers   sync.WaitGroup // pools the reaper is closing
 
 	noTenant   atomic.Int64 // checkouts without tenant (handles left unbound)
 	rejections atomic.Int64 // tenants rejected by the server (not counting cached repeats)
@@ -330,6 +331,7 @@ func (c *Connector) Close() error {
 		close(c.budget.closed)
 		c.reaperWG.Wait()
 		c.set.closeAll()
+		c.closers.Wait()
 	})
 	return nil
 }

@@ -163,7 +163,8 @@ func TestReapCompactsMaps(t *testing.T) {
 	}
 	// Everything is idle an hour later.
 	reaped := c.set.reap(c.clock.read()+int64(2*time.Hour), time.Hour)
-	if reaped != n || len(c.Stats().Pools) != 0 {
+	c.closers.Wait()
+	if reaped != n || len(c.Stats().Pools) != 0 || c.Stats().PoolsReaped != n {
 		t.Fatalf("reaped %d of %d", reaped, n)
 	}
 	c.set.mu.RLock()

@@ -75,14 +75,24 @@ type parkWaiter struct {
 // (when tenantpg holds all of the pool's connections), or one acquired from
 // pgxpool.
 func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
+	woken := false // told that capacity came back to pgxpool
 	for {
 		if pc := c.claimParked(e); pc != nil {
+			e.passOn(woken)
 			return pc, nil
 		}
 		e.parkMu.Lock()
+		if e.closing {
+			// Connector.Close is closing the pool under its callers; past
+			// this point they could hold more connections than it has slots.
+			e.passOnLocked(woken)
+			e.parkMu.Unlock()
+			return nil, ErrClosed
+		}
 		e.slow.Add(1)
 		if pc := e.claimAny(); pc != nil {
 			e.slow.Add(-1)
+			e.passOnLocked(woken)
 			e.parkMu.Unlock()
 			if c.usable(pc) {
 				return pc, nil
@@ -90,11 +100,12 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 			e.giveBack(pc)
 			continue
 		}
-		if e.held >= e.maxConns && !e.closing {
+		if e.held >= e.maxConns {
 			pc, err := e.waitLocked(ctx)
 			if err != nil || pc != nil {
 				return pc, err
 			}
+			woken = true
 			continue // capacity came back to pgxpool
 		}
 		// Registered under the lock: releases give connections to pgxpool
@@ -119,6 +130,22 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 			return nil, err
 		}
 		return pc, nil
+	}
+}
+
+// passOn hands the capacity a woken waiter did not use (it found a parked
+// connection instead) to the next waiter.
+func (e *poolEntry) passOn(woken bool) {
+	if woken {
+		e.parkMu.Lock()
+		e.wakeLocked()
+		e.parkMu.Unlock()
+	}
+}
+
+func (e *poolEntry) passOnLocked(woken bool) {
+	if woken {
+		e.wakeLocked()
 	}
 }
 
@@ -240,11 +267,15 @@ func (e *poolEntry) handOn(pc *pconn) {
 // giveBack returns a connection its caller holds to pgxpool, which keeps or
 // destroys it, and lets a waiter acquire in its place.
 func (e *poolEntry) giveBack(pc *pconn) {
-	_ = pc.sc.Close()
+	// Out of its slot before pgxpool has it: a checkout that gets it from
+	// pgxpool next must find a free slot.
 	e.parkMu.Lock()
 	pc.state.Store(pcGone)
 	e.slots[pc.slot].Store(nil)
 	e.gone += pc.uses.Load()
+	e.parkMu.Unlock()
+	_ = pc.sc.Close()
+	e.parkMu.Lock()
 	e.held--
 	e.wakeLocked()
 	e.parkMu.Unlock()

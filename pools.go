@@ -348,7 +348,14 @@ func (s *poolSet) reap(now int64, idle time.Duration) int {
 	s.mu.Lock()
 	for _, e := range s.targets {
 		stale := idle > 0 && now-e.lastUsed.Load() >= int64(idle)
-		if (stale || len(e.tenants) == 0) && removableLocked(e) {
+		if !stale && len(e.tenants) != 0 {
+			continue
+		}
+		// Invalidate handle shortcuts before looking: a handle that
+		// claimed a parked connection under the old generation did so
+		// before parkedLen counts it as in use (see Conn.checkout).
+		e.mapGen.Add(1)
+		if removableLocked(e) {
 			reason := "idle"
 			if len(e.tenants) == 0 {
 				reason = "no tenants" // its tenants were rejected
@@ -358,11 +365,18 @@ func (s *poolSet) reap(now int64, idle time.Duration) int {
 	}
 	s.compactLocked()
 	s.mu.Unlock()
+	// Closed off the reaper's goroutine: pool.Close waits for connections
+	// checked out of the pool (a pgx-native user of Pool may have acquired
+	// one since the check), and the reaper must keep advancing the clock.
 	for _, v := range victims {
-		v.e.closePool()
-		s.reaped.Add(1)
-		s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", v.reason),
-			slog.String("target", v.e.target), slog.Uint64("pool", v.e.id), slog.Any("tenants", v.tenants))
+		s.c.closers.Add(1)
+		go func() {
+			defer s.c.closers.Done()
+			v.e.closePool()
+			s.reaped.Add(1)
+			s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", v.reason),
+				slog.String("target", v.e.target), slog.Uint64("pool", v.e.id), slog.Any("tenants", v.tenants))
+		}()
 	}
 	return len(victims)
 }

@@ -3,7 +3,10 @@ package integration
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,6 +113,52 @@ func TestCloseStopsEverything(t *testing.T) {
 		}
 		if _, err := c.Connect(tenantpg.WithTenant(ctx, ids[0])); err != tenantpg.ErrClosed {
 			t.Fatalf("%s: Connect after Close = %v, want ErrClosed", mode, err)
+		}
+	}
+}
+
+// TestCloseUnderContention closes the *sql.DB while 8 workers share a
+// two-connection pool, so that checkouts are queued for connections when
+// the pool closes: they must fail with tenantpg.ErrClosed (or database/sql's
+// "database is closed"), not pgxpool's untyped "closed pool", the
+// connections must all be given back, and nothing may panic (a checkout
+// woken by the closing pool could once acquire more connections than the
+// pool has slots).
+func TestCloseUnderContention(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 1)
+	ctx := tenantpg.WithTenant(context.Background(), ids[0])
+	for round := range 20 {
+		db := directUserDB(t, env, "pool_max_conns=2")
+		db.SetMaxIdleConns(16)
+		c, _ := tenantpg.ConnectorOf(db)
+		var wg sync.WaitGroup
+		var ok atomic.Int64
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					_, err := db.ExecContext(ctx, "select pg_sleep(0.001)")
+					switch {
+					case err == nil:
+						ok.Add(1)
+					case errors.Is(err, tenantpg.ErrClosed) || strings.Contains(err.Error(), "database is closed"):
+						return
+					default:
+						t.Errorf("round %d: %v", round, err)
+						return
+					}
+				}
+			}()
+		}
+		waitUntil(t, 5*time.Second, func() bool { return ok.Load() >= 20 })
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		if st := c.Stats(); st.OpenConns != 0 || len(st.Pools) != 0 {
+			t.Fatalf("round %d: after Close %d connections, %d pools", round, st.OpenConns, len(st.Pools))
 		}
 	}
 }
