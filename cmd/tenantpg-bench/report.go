@@ -153,30 +153,38 @@ func (r *report) targetsSection() {
 const missedExplanation = `### Where tenantpg's time goes, and what would close a gap
 
 database/sql keeps tenantpg's handles in its idle pool, and each checkout
-binds one to a connection of the caller's tenant (see docs/architecture.md,
-"Handles"). A checkout therefore costs database/sql's own idle reuse plus
-tenantpg's bind and park: about 0.8 µs and 1 allocation (section 5) against
-0.4 µs and 1 allocation for ` + "`stdlib.OpenDB`" + ` and 3.5 µs and 13 allocations
-for ` + "`stdlib.OpenDBFromPool`" + `. The extra 0.4 µs is the tenant lookup (a
-read-locked map), the parked stack's mutex twice, the budget's fairness
-check, the connection's state checks and three clock reads.
+binds one to a connection of the caller's tenant (docs/architecture.md,
+"Handles"). A handle claims the connection it held last with one
+compare-and-swap when the tenant is the same, and a release stores one word:
+no lock, no tenant lookup, no clock read. A checkout now costs what
+` + "`stdlib.OpenDB`" + `'s idle reuse costs, about 0.42 µs and 1 allocation each
+(section 5; the locked stack of the first handle version cost 0.7 µs),
+against 3.8 µs and 13 allocations for ` + "`stdlib.OpenDBFromPool`" + `.
 
-- One tenant: tenantpg and ` + "`stdlib.OpenDB`" + ` run the same database/sql path and
-  the same pgx code per query; the difference is those 0.4 µs per query,
-  1 to 3% of a query's CPU on this 2-core machine that PostgreSQL shares.
-  Between runs the ratios move by about ±3% (four quiet runs made for this
-  report: direct 0.97-1.03x with one worker and 0.94-1.00x with eight,
-  through PgBouncer 0.97-1.00x and 0.96-0.98x), so a single run can land on
-  either side of 1.00x; the median of the four is 0.98x.
-- 100 tenants (0.94-0.98x in the same four runs): the map of ` + "`*sql.DB`" + ` pays no routing at all, and its hundred
-  independent database/sql pools share no lock; tenantpg's tenants share one
-  ` + "`*sql.DB`" + ` mutex (database/sql's) and the pool map's read lock.
-- Before handles, a checkout cost 3.4 µs and 13 allocations and one tenant
-  measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `, 100 tenants 0.85x of the map.
+- One tenant: what is left is at the edge of what one run resolves. An A/A
+  calibration (10 rounds of 1 s, 8 workers, direct) measured a second
+  ` + "`stdlib.OpenDB`" + ` at 0.99-1.00x of the first and tenantpg at 0.96-0.98x in
+  eight such runs; with one worker and through PgBouncer tenantpg lands on
+  0.98-1.02x. Experiments on the 8-worker direct case: without the budget's
+  ` + "`net.Conn`" + ` wrapper, unchanged; ` + "`stdlib.OpenDB`" + ` queried with tenantpg's tenant
+  context, 0.99x; ` + "`stdlib.OpenDBFromPool`" + ` with database/sql keeping its
+  connections (pgxpool-built connections, no per-checkout work), 0.99x; a
+  handle that keeps its connection between checkouts (no claim, no release;
+  unsafe across tenants, an experiment only), 0.99-1.00x. So about one point
+  is the claim and release under contention (the handle's and the
+  connection's cache lines follow the goroutine between the two cores) and
+  about one point is common to pgxpool-built connections, or noise.
+- 100 tenants: the map of ` + "`*sql.DB`" + ` pays no routing and its hundred
+  database/sql pools share no lock; tenantpg's tenants share one ` + "`*sql.DB`" + `.
+  Runs this session: 0.97-1.01x (the first handle version: 0.94-0.98x;
+  before handles: 0.85x).
+- Before handles a checkout cost 3.4 µs and 13 allocations and one tenant
+  measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `; the first handle version 0.94-1.03x.
 
-What would close the rest is shaving those 0.4 µs. A coarse clock for the
-pool's last-use stamp (one store per second instead of a clock read and a
-store per checkout) was tried and measured within noise (0.98-0.99x), so it
-was not kept; a lock-free parked stack and a cheaper tenant lookup (an
-atomic map snapshot instead of a read lock) are what is left.
+What would close the rest: a release that only stores "parked" (the park
+time, the last-use stamp and the health checks moved to the claim side), and
+padding the handle and the connection so that their hot words share one
+cache line each. The zero-cost experiment bounds the gain at one to two
+points at 8 workers; neither is done, because at that size the effect is
+below what one run of this program resolves.
 `
