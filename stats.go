@@ -45,7 +45,7 @@ type PoolStats struct {
 	Acquiring  int      // checkouts waiting now: in pgxpool's Acquire (for a release or a dial), or for a connection another checkout gives back
 	Dials      int64    // physical connections this pool opened
 	Created    time.Time
-	LastUsed   time.Time // last checkout or release, to the reaper's tick (at most 500 ms)
+	LastUsed   time.Time     // last checkout or release, to the reaper's tick (at most 500 ms)
 	Rejections int64         // logins of this pool rejected by the server
 	Evicted    int64         // idle connections closed for the budget
 	HandedOff  int64         // released connections closed for budget waiters
