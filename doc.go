@@ -67,7 +67,7 @@
 // costs. Transactions, *sql.Conn sessions, streaming Rows and *sql.Stmt
 // executions (prepared again on each checkout's connection) therefore run on
 // a connection of the tenant whose context opened them. A parked connection
-// goes back to pgxpool after a second, so that pgxpool's lifetime, idle-time
+// goes back to pgxpool within a second, so that pgxpool's lifetime, idle-time
 // and health rules apply, and at once when a caller waits in pgxpool for
 // that pool or a budget waiter should get its slot; eviction treats it as
 // idle.
