@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -63,15 +64,15 @@ func TestDemo(t *testing.T) {
 // children lists the processes whose parent is this test binary.
 func children(t *testing.T) []string {
 	t.Helper()
+	me := strconv.Itoa(os.Getpid())
 	stats, err := filepath.Glob("/proc/[0-9]*/stat")
 	if err != nil || len(stats) == 0 {
-		// Linux (and so CI) always has /proc: there the leak check must run.
+		// Linux (and so CI) always has /proc: there the leak check must use it.
 		if runtime.GOOS == "linux" || os.Getenv("CI") != "" {
 			t.Fatalf("no /proc to inspect for leftover processes (%v)", err)
 		}
-		t.Skip("no /proc on " + runtime.GOOS + " to inspect for leftover processes")
+		return childrenByPS(t, me)
 	}
-	me := strconv.Itoa(os.Getpid())
 	var kids []string
 	for _, p := range stats {
 		b, err := os.ReadFile(p)
@@ -83,6 +84,24 @@ func children(t *testing.T) []string {
 		rest := s[strings.LastIndexByte(s, ')')+1:]
 		if f := strings.Fields(rest); len(f) > 1 && f[1] == me {
 			kids = append(kids, s[:strings.LastIndexByte(s, ')')+1])
+		}
+	}
+	return kids
+}
+
+// childrenByPS is children for systems without /proc (macOS, the BSDs).
+func childrenByPS(t *testing.T, me string) []string {
+	t.Helper()
+	ps := exec.Command("ps", "-A", "-o", "ppid=,pid=,comm=")
+	out, err := ps.Output()
+	if err != nil {
+		t.Fatalf("no /proc and no ps to inspect for leftover processes: %v", err)
+	}
+	self := strconv.Itoa(ps.Process.Pid) // ps lists itself as our child
+	var kids []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == me && f[1] != self {
+			kids = append(kids, f[1]+" ("+strings.Join(f[2:], " ")+")")
 		}
 	}
 	return kids
