@@ -290,14 +290,12 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 func (c *Connector) reaper() {
 	defer c.reaperWG.Done()
 	idle := c.settings.poolIdle
-	every := parkMax / 2
+	every, reapAfter := parkMax/2, time.Duration(0)
 	if idle > 0 {
 		every = min(max(idle/4, 50*time.Millisecond), every)
-	}
-	// A pool's last use is read from the clock, which lags the truth by up
-	// to one tick: a pool is idle for idle once the clock says idle+every.
-	reapAfter := time.Duration(0)
-	if idle > 0 {
+		// A pool's last use is read from the clock, which lags the truth by
+		// up to one tick: a pool is idle for idle once the clock says
+		// idle+every.
 		reapAfter = idle + every
 	}
 	t := time.NewTicker(every)
