@@ -368,12 +368,13 @@ func (s *poolSet) reap(now int64, idle time.Duration) int {
 	// Closed off the reaper's goroutine: pool.Close waits for connections
 	// checked out of the pool (a pgx-native user of Pool may have acquired
 	// one since the check), and the reaper must keep advancing the clock.
+	// Counted now, as they leave Stats().Pools, so that the two agree.
+	s.reaped.Add(int64(len(victims)))
 	for _, v := range victims {
 		s.c.closers.Add(1)
 		go func() {
 			defer s.c.closers.Done()
 			v.e.closePool()
-			s.reaped.Add(1)
 			s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", v.reason),
 				slog.String("target", v.e.target), slog.Uint64("pool", v.e.id), slog.Any("tenants", v.tenants))
 		}()
