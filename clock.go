@@ -18,8 +18,6 @@ type coarseClock struct {
 	now   atomic.Int64
 }
 
-func newCoarseClock() *coarseClock { return &coarseClock{start: time.Now()} }
-
 // read returns the time of the last tick.
 func (k *coarseClock) read() int64 { return k.now.Load() }
 

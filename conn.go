@@ -28,20 +28,24 @@ import (
 //
 //	conn.Raw(func(dc any) error { pgxConn := dc.(*tenantpg.Conn).Conn(); ... })
 type Conn struct {
-	c      *Connector
-	tenant string       // the checkout's tenant; "" for none
-	pc     *pconn       // the tenant's connection; nil when unbound
-	sc     *stdlib.Conn // pc.sc
-	err    error        // why binding this checkout failed; every operation returns it
-	gen    uint64       // bindings so far; a stmt prepared under an older one re-prepares
-	stmts  []*stmt      // statements prepared on sc
+	// The first cache line holds what a checkout and its release touch
+	// (see park.go for why that matters).
+	c   *Connector
+	pc  *pconn       // the tenant's connection; nil when unbound
+	sc  *stdlib.Conn // pc.sc
+	gen uint64       // bindings so far; a stmt prepared under an older one re-prepares
 
 	// The connection this handle held last, which a checkout for the same
 	// tenant claims again without a lookup or a lock while it is parked
 	// and its entry still serves lastTenant as of lastGen (see pconn).
 	last       *pconn
-	lastTenant string
 	lastGen    uint32
+	lastTenant string
+
+	tenant string  // the checkout's tenant; "" for none
+	err    error   // why binding this checkout failed; every operation returns it
+	stmts  []*stmt // statements prepared on sc
+	_      [8]byte // to a multiple of 64 bytes (layout_test.go)
 }
 
 var (
@@ -74,7 +78,9 @@ func (h *Conn) Tenant() string { return h.tenant }
 // kept and returned by every operation of the checkout.
 func (h *Conn) checkout(ctx context.Context) error {
 	tenant, ok := TenantFromContext(ctx)
-	h.tenant = tenant
+	if h.tenant != tenant { // the handle's second cache line is written only when needed
+		h.tenant = tenant
+	}
 	if !ok {
 		h.c.noTenant.Add(1)
 		return nil
@@ -112,13 +118,18 @@ func (h *Conn) bind(pc *pconn) {
 // with its pool.
 func (h *Conn) release() {
 	if h.sc != nil {
-		for _, s := range h.stmts {
-			s.closeInner()
+		if len(h.stmts) > 0 {
+			for _, s := range h.stmts {
+				s.closeInner()
+			}
+			h.stmts = h.stmts[:0]
 		}
-		h.stmts = h.stmts[:0]
 		h.c.park(h.pc)
+		h.pc, h.sc = nil, nil
 	}
-	h.pc, h.sc, h.err, h.tenant = nil, nil, nil, ""
+	if h.err != nil {
+		h.err = nil
+	}
 }
 
 // bound returns the checkout's connection or the reason there is none.

@@ -17,6 +17,15 @@ import (
 // between parkMax minus one tick and parkMax.
 const parkMax = time.Second
 
+// Cache lines. A checkout and its release touch the handle, the pconn,
+// the pool entry and the Connector; each keeps what they read in one cache
+// line (layout_test.go checks it). It matters more than instruction counts:
+// with more workers than cores, the server's backends run on the same
+// cores between a release and the next checkout and evict those lines, and
+// every further line is a miss. Spreading the same fields over twice as
+// many lines measured about 1.5 points of throughput at 8 workers on 2
+// cores (docs/benchmarks.md, "The hot path").
+
 // pconn is a connection tenantpg holds from a pool entry's pgxpool, from
 // the checkout that acquired it until it is given back: checked out by a
 // handle, or parked for the entry's next checkout. It sits in one of the
@@ -30,6 +39,7 @@ type pconn struct {
 	state atomic.Uint32 // pcInUse, pcParked or pcGone
 	at    atomic.Int64  // coarse clock reading of the last park
 	uses  atomic.Int64  // checkouts served
+	_     [16]byte      // to 64 bytes: a cache line of its own (layout_test.go)
 }
 
 // pconn states. Only the holder of an in-use connection changes its state
@@ -161,13 +171,20 @@ func (c *Connector) claimParked(e *poolEntry) *pconn {
 	}
 }
 
-// usable reports whether a connection just claimed may serve a checkout: it
-// is open and not owed to a budget waiter of another pool, and it was parked
-// less than parkMax ago (pgxpool pings a connection idle for longer before
-// it hands it out). The checks of park (no transaction, not busy) held when
-// it was parked.
+// usable reports whether a connection just claimed may serve a checkout:
+// it was parked less than parkMax ago (pgxpool pings a connection idle for
+// longer before it hands it out) and is not owed to a budget waiter of
+// another pool. The checks of park (open, no transaction, not busy) held
+// when it was parked and still hold: nobody uses a parked connection, so
+// nothing changes its state.
 func (c *Connector) usable(pc *pconn) bool {
-	return c.clock.read()-pc.at.Load() < int64(parkMax) && !pc.sc.Conn().IsClosed() && !c.budget.shouldYield(pc.e)
+	return c.clock.read()-pc.at.Load() < int64(parkMax) && !c.shouldYield(pc.e)
+}
+
+// shouldYield reports whether a connection of e should go to a budget
+// waiter of another pool; without a budget it reads nothing but c.
+func (c *Connector) shouldYield(e *poolEntry) bool {
+	return c.budgetMax > 0 && c.budget.shouldYield(e)
 }
 
 // claimAny claims the parked connection in e's lowest slot, or returns nil.
@@ -292,13 +309,15 @@ func (e *poolEntry) giveBack(pc *pconn) {
 func (c *Connector) park(pc *pconn) {
 	e := pc.e
 	pg := pc.sc.Conn().PgConn()
-	if pg.IsClosed() || pg.IsBusy() || pg.TxStatus() != 'I' || c.closed.Load() || c.budget.shouldYield(e) {
+	if pg.IsClosed() || pg.IsBusy() || pg.TxStatus() != 'I' || c.closed.Load() || c.shouldYield(e) {
 		e.giveBack(pc)
 		return
 	}
 	now := c.clock.read()
 	e.touch(now)
-	pc.at.Store(now)
+	if pc.at.Load() != now { // most releases fall in the tick of the last one: skip the locked store
+		pc.at.Store(now)
+	}
 	e.release(pc)
 }
 

@@ -18,27 +18,34 @@ import (
 
 // poolEntry is one pgxpool.Pool and the tenants routed to it.
 type poolEntry struct {
+	// What every checkout and release reads, in the first cache line
+	// (layout_test.go checks it).
+	slots []atomic.Pointer[pconn] // parking; see park.go
+	slow  atomic.Int32
+	// mapGen changes whenever a tenant stops mapping to the entry (unmapped
+	// or removed): a handle's shortcut to the connection it held last is
+	// valid while mapGen is what it was when that connection was acquired.
+	mapGen   atomic.Uint32
+	lastUsed atomic.Int64 // coarseClock reading of the last checkout or release
+	maxConns int          // pool_max_conns
+	clock    *coarseClock // the Connector's
+
 	id        uint64 // unique per Connector, for stats and logs
 	key       string
 	target    string // user@host:port/database, for stats and logs
 	pool      *pgxpool.Pool
 	connector driver.Connector // stdlib.GetPoolConnector(pool)
 	created   time.Time
-	clock     *coarseClock // the Connector's
 
 	tenants map[string]struct{} // guarded by poolSet.mu
 	removed bool                // guarded by poolSet.mu
 
-	lastUsed atomic.Int64 // coarseClock reading of the last checkout or release
 	inflight atomic.Int32 // Connect calls using the entry right now
 	open     atomic.Int32 // physical connections (budget holders)
 	verified atomic.Bool  // a connection succeeded once
 	probe    chan struct{}
 
-	maxConns int // pool_max_conns
 	// Parking; see park.go.
-	slots     []atomic.Pointer[pconn]
-	slow      atomic.Int32
 	parkMu    sync.Mutex
 	waiters   []*parkWaiter
 	held      int
@@ -46,15 +53,11 @@ type poolEntry struct {
 	closing   bool
 	gone      int64
 
-	// mapGen changes whenever a tenant stops mapping to the entry (unmapped
-	// or removed): a handle's shortcut to the connection it held last is
-	// valid while mapGen is what it was when that connection was acquired.
-	mapGen atomic.Uint32
-
 	rejections atomic.Int64
 	dials      atomic.Int64 // physical connections opened
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
+	_          [48]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
 }
 
 // touch records a use of e at clock reading now.
@@ -203,7 +206,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, uint3
 		tenants: map[string]struct{}{tenant: {}},
 		probe:   make(chan struct{}, 1),
 		created: time.Now(),
-		clock:   s.c.clock,
+		clock:   &s.c.clock,
 	}
 	e.touch(e.clock.read())
 	s.c.instrument(pc, e, tenant, id)
