@@ -37,15 +37,14 @@ type Conn struct {
 
 	// The connection this handle held last, which a checkout for the same
 	// tenant claims again without a lookup or a lock while it is parked
-	// and its entry still serves lastTenant as of lastGen (see pconn).
-	last       *pconn
-	lastGen    uint32
-	lastTenant string
+	// and its entry still serves tenant as of lastGen (see pconn).
+	last    *pconn
+	lastGen uint32
+	tenant  string // the tenant of the checkout, or of the last one while the handle is idle; "" for none
 
-	tenant string  // the checkout's tenant; "" for none
-	err    error   // why binding this checkout failed; every operation returns it
-	stmts  []*stmt // statements prepared on sc
-	_      [8]byte // to a multiple of 64 bytes (layout_test.go)
+	err   error    // why binding this checkout failed; every operation returns it
+	stmts []*stmt  // statements prepared on sc
+	_     [24]byte // to a multiple of 64 bytes (layout_test.go)
 }
 
 var (
@@ -78,14 +77,12 @@ func (h *Conn) Tenant() string { return h.tenant }
 // kept and returned by every operation of the checkout.
 func (h *Conn) checkout(ctx context.Context) error {
 	tenant, ok := TenantFromContext(ctx)
-	if h.tenant != tenant { // the handle's second cache line is written only when needed
-		h.tenant = tenant
-	}
 	if !ok {
+		h.tenant, h.last = "", nil
 		h.c.noTenant.Add(1)
 		return nil
 	}
-	if pc := h.last; pc != nil && h.lastTenant == tenant && pc.claim() {
+	if pc := h.last; pc != nil && h.tenant == tenant && pc.claim() {
 		switch {
 		case pc.e.mapGen.Load() != h.lastGen: // the tenant was unmapped since: look it up
 			pc.e.release(pc)
@@ -97,6 +94,7 @@ func (h *Conn) checkout(ctx context.Context) error {
 			pc.e.giveBack(pc)
 		}
 	}
+	h.tenant = tenant
 	pc, gen, err := h.c.acquire(ctx, tenant)
 	if err != nil {
 		h.last = nil
@@ -104,7 +102,7 @@ func (h *Conn) checkout(ctx context.Context) error {
 		return err
 	}
 	h.bind(pc)
-	h.last, h.lastTenant, h.lastGen = pc, tenant, gen
+	h.last, h.lastGen = pc, gen
 	return nil
 }
 

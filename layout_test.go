@@ -20,7 +20,7 @@ func TestHotFieldsShareACacheLine(t *testing.T) {
 		name string
 		end  uintptr // offset of the end of the field
 	}{
-		{"Conn.lastTenant", unsafe.Offsetof(h.lastTenant) + unsafe.Sizeof(h.lastTenant)},
+		{"Conn.tenant", unsafe.Offsetof(h.tenant) + unsafe.Sizeof(h.tenant)},
 		{"Conn.last", unsafe.Offsetof(h.last) + unsafe.Sizeof(h.last)},
 		{"pconn.uses", unsafe.Offsetof(pc.uses) + unsafe.Sizeof(pc.uses)},
 		{"poolEntry.clock", unsafe.Offsetof(e.clock) + unsafe.Sizeof(e.clock)},
