@@ -143,15 +143,7 @@ type fakeDriver struct{}
 func (fakeDriver) Open(string) (driver.Conn, error) { return nil, errors.New("fake") }
 
 func TestReapCompactsMaps(t *testing.T) {
-	cfg, err := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={user}.{tenant}&tenant_pool_idle=1h")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := offlineConnector(t)
 	const n = 3 * compactMin
 	for i := 0; i < n; i++ {
 		if _, err := c.Pool(context.Background(), fmt.Sprintf("t%d", i)); err != nil {
@@ -173,4 +165,85 @@ func TestReapCompactsMaps(t *testing.T) {
 	if peak != 0 {
 		t.Fatalf("maps not compacted: peak %d", peak)
 	}
+}
+
+// A checkout enters a pool without poolSet's lock; a pool the reaper
+// removes between that lookup and the caller's use must not be returned.
+func TestReapNeverRemovesAnEnteredPool(t *testing.T) {
+	c := offlineConnector(t)
+	removed := func(e *poolEntry) bool {
+		c.set.mu.RLock()
+		defer c.set.mu.RUnlock()
+		return e.removed
+	}
+	first, _, err := c.set.enterGen(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.inflight.Add(-1)
+	// The reaper runs right after the next lookup found the pool: an hour
+	// later, so that everything is idle.
+	reaped := 0
+	testHookEntered = func() {
+		testHookEntered = nil
+		reaped = c.set.reap(c.clock.read()+int64(2*time.Hour), time.Hour)
+	}
+	defer func() { testHookEntered = nil }()
+	e, _, err := c.set.enterGen(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.inflight.Add(-1)
+	c.closers.Wait()
+	if reaped != 1 || !removed(first) {
+		t.Fatalf("the reaper closed %d pools; the race was not exercised", reaped)
+	}
+	if e == first || removed(e) {
+		t.Fatal("enterGen returned the pool the reaper removed")
+	}
+}
+
+// A tenant unmapped between enterGen's lookup without the lock and its read
+// of mapGen must not get the entry with the new generation: its handle
+// would keep a shortcut to a pool that no longer serves it.
+func TestEnterAfterUnmapMapsAgain(t *testing.T) {
+	c := offlineConnector(t)
+	first, _, err := c.set.enterGen(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.inflight.Add(-1)
+	testHookEntered = func() {
+		testHookEntered = nil
+		c.set.unmap("a", first)
+	}
+	defer func() { testHookEntered = nil }()
+	e, gen, err := c.set.enterGen(context.Background(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.inflight.Add(-1)
+	c.set.mu.RLock()
+	mapped := c.set.tenants["a"] == e
+	c.set.mu.RUnlock()
+	if !mapped || gen != e.mapGen.Load() {
+		t.Fatalf("enterGen returned an entry the tenant is not mapped to (mapped %v, gen %d of %d)", mapped, gen, e.mapGen.Load())
+	}
+}
+
+// offlineConnector returns a Connector whose pools point at a closed port:
+// pgxpool connects lazily, so entries, mapping and reaping work without a
+// server.
+func offlineConnector(t *testing.T) *Connector {
+	t.Helper()
+	cfg, err := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={user}.{tenant}&tenant_pool_idle=1h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

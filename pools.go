@@ -41,6 +41,7 @@ type poolEntry struct {
 	removed bool                // guarded by poolSet.mu
 
 	inflight atomic.Int32 // Connect calls using the entry right now
+	retiring atomic.Bool  // being checked for removal, or removed: enterGen takes the lock (see retireLocked)
 	open     atomic.Int32 // physical connections (budget holders)
 	verified atomic.Bool  // a connection succeeded once
 	probe    chan struct{}
@@ -57,7 +58,7 @@ type poolEntry struct {
 	dials      atomic.Int64 // physical connections opened
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
-	_          [48]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
+	_          [40]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
 }
 
 // touch records a use of e at clock reading now.
@@ -73,6 +74,11 @@ type poolSet struct {
 
 	mu      sync.RWMutex
 	tenants map[string]*poolEntry
+	// live is tenants for checkouts, read without mu: a lock every
+	// checkout for another tenant than its handle's last takes, even a
+	// read lock, is a cache line that all cores write. Written with
+	// tenants, under mu.
+	live    sync.Map // tenant -> *poolEntry
 	targets map[string]*poolEntry
 	calls   map[string]*resolveCall // tenants being resolved
 	peak    int                     // highest len(tenants) since the last compaction
@@ -112,8 +118,31 @@ func (s *poolSet) enter(ctx context.Context, tenant string) (*poolEntry, error) 
 	return e, err
 }
 
+// testHookEntered, when set by a test, runs between enterGen's lookup
+// without the lock and its use of the entry.
+var testHookEntered func()
+
 // enterGen is enter that also returns the entry's mapGen as of the lookup.
 func (s *poolSet) enterGen(ctx context.Context, tenant string) (*poolEntry, uint32, error) {
+	if v, ok := s.live.Load(tenant); ok {
+		e := v.(*poolEntry)
+		if testHookEntered != nil {
+			testHookEntered()
+		}
+		gen := e.mapGen.Load()
+		e.inflight.Add(1)
+		// inflight before retiring: retireLocked sets retiring before it
+		// reads inflight, so it sees this caller or this caller sees it.
+		// The second lookup makes gen one the mapping had: unmap deletes
+		// the tenant before it changes mapGen.
+		if !e.retiring.Load() {
+			if v2, _ := s.live.Load(tenant); v2 == v {
+				e.touch(e.clock.read())
+				return e, gen, nil
+			}
+		}
+		e.inflight.Add(-1)
+	}
 	s.mu.RLock()
 	if e := s.tenants[tenant]; e != nil {
 		e.inflight.Add(1)
@@ -193,6 +222,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, uint3
 	if e := s.targets[key]; e != nil {
 		e.tenants[tenant] = struct{}{}
 		s.tenants[tenant] = e
+		s.live.Store(tenant, e)
 		e.inflight.Add(1)
 		gen := e.mapGen.Load()
 		s.mu.Unlock()
@@ -221,6 +251,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, uint3
 	e.connector = stdlib.GetPoolConnector(pool)
 	s.targets[key] = e
 	s.tenants[tenant] = e
+	s.live.Store(tenant, e)
 	s.peak = max(s.peak, len(s.tenants))
 	e.inflight.Add(1)
 	s.mu.Unlock()
@@ -234,6 +265,7 @@ func (s *poolSet) unmap(tenant string, e *poolEntry) {
 	s.mu.Lock()
 	if s.tenants[tenant] == e {
 		delete(s.tenants, tenant)
+		s.live.Delete(tenant) // before mapGen changes: see enterGen
 		delete(e.tenants, tenant)
 		e.mapGen.Add(1)
 	}
@@ -242,7 +274,8 @@ func (s *poolSet) unmap(tenant string, e *poolEntry) {
 
 // removableLocked reports whether e can be closed: nobody is connecting
 // through it and none of its connections is checked out (parked ones do not
-// count) or being built.
+// count) or being built. A checkout may enter e right after; retireLocked
+// is the check that excludes it.
 func removableLocked(e *poolEntry) bool {
 	if e.removed || e.inflight.Load() != 0 {
 		return false
@@ -251,10 +284,28 @@ func removableLocked(e *poolEntry) bool {
 	return int(st.AcquiredConns()) == e.parkedLen() && st.ConstructingConns() == 0
 }
 
+// retireLocked is removableLocked for a caller that removes e (removeLocked)
+// under the same hold of mu when it reports true. It raises retiring before
+// it reads inflight, so a checkout entering e without the lock (enterGen)
+// is either counted or sees retiring and takes the lock; retiring stays up
+// when e can be removed.
+func retireLocked(e *poolEntry) bool {
+	if e.removed {
+		return false
+	}
+	e.retiring.Store(true)
+	if removableLocked(e) {
+		return true
+	}
+	e.retiring.Store(false)
+	return false
+}
+
 // removeLocked unmaps e and returns the tenants it served; the caller
 // closes its pool outside the lock.
 func (s *poolSet) removeLocked(e *poolEntry) []string {
 	e.removed = true
+	e.retiring.Store(true)
 	e.mapGen.Add(1)
 	delete(s.targets, e.key)
 	tenants := make([]string, 0, len(e.tenants))
@@ -262,6 +313,7 @@ func (s *poolSet) removeLocked(e *poolEntry) []string {
 		tenants = append(tenants, t)
 		if s.tenants[t] == e {
 			delete(s.tenants, t)
+			s.live.Delete(t)
 		}
 	}
 	slices.Sort(tenants)
@@ -305,7 +357,7 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 			slog.String("target", e.target), slog.Uint64("pool", e.id), slog.Uint64("for_pool", self.id))
 		if inactive && e.open.Load() == 0 {
 			s.mu.Lock()
-			closeIt := removableLocked(e) && e.open.Load() == 0
+			closeIt := e.open.Load() == 0 && retireLocked(e)
 			var tenants []string
 			if closeIt {
 				tenants = s.removeLocked(e)
@@ -358,7 +410,7 @@ func (s *poolSet) reap(now int64, idle time.Duration) int {
 		// claimed a parked connection under the old generation did so
 		// before parkedLen counts it as in use (see Conn.checkout).
 		e.mapGen.Add(1)
-		if removableLocked(e) {
+		if retireLocked(e) {
 			reason := "idle"
 			if len(e.tenants) == 0 {
 				reason = "no tenants" // its tenants were rejected
