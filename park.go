@@ -22,9 +22,9 @@ const parkMax = time.Second
 // line (layout_test.go checks it). It matters more than instruction counts:
 // with more workers than cores, the server's backends run on the same
 // cores between a release and the next checkout and evict those lines, and
-// every further line is a miss. Spreading the same fields over twice as
-// many lines measured about 1.5 points of throughput at 8 workers on 2
-// cores (docs/benchmarks.md, "The hot path").
+// every further line is a miss. Gathering the fields this way was worth
+// about one point of throughput at 8 workers on 2 cores (docs/benchmarks.md,
+// "Where tenantpg's time goes").
 
 // pconn is a connection tenantpg holds from a pool entry's pgxpool, from
 // the checkout that acquired it until it is given back: checked out by a

@@ -156,39 +156,46 @@ database/sql keeps tenantpg's handles in its idle pool, and each checkout
 binds one to a connection of the caller's tenant (docs/architecture.md,
 "Handles"). A handle claims the connection it held last with one
 compare-and-swap when the tenant is the same, and a release stores one word:
-no lock, no tenant lookup, no clock read. A checkout now costs what
+no lock, no tenant lookup, no clock read. A checkout costs what
 ` + "`stdlib.OpenDB`" + `'s idle reuse costs, about 0.42 µs and 1 allocation each
-(section 5; the locked stack of the first handle version cost 0.7 µs),
-against 3.8 µs and 13 allocations for ` + "`stdlib.OpenDBFromPool`" + `.
+(section 5), against 3.8 µs and 13 allocations for ` + "`stdlib.OpenDBFromPool`" + `.
 
-- One tenant: what is left is at the edge of what one run resolves. An A/A
-  calibration (10 rounds of 1 s, 8 workers, direct) measured a second
-  ` + "`stdlib.OpenDB`" + ` at 0.99-1.00x of the first and tenantpg at 0.96-0.98x in
-  eight such runs; with one worker and through PgBouncer it landed on
-  0.96-1.02x in this session's runs. A ratio printed 1.00x and marked "no"
-  is just below 1 before rounding. Experiments on the 8-worker direct case: without the budget's
-  ` + "`net.Conn`" + ` wrapper, unchanged; ` + "`stdlib.OpenDB`" + ` queried with tenantpg's tenant
-  context, 0.99x; ` + "`stdlib.OpenDBFromPool`" + ` with database/sql keeping its
-  connections (pgxpool-built connections, no per-checkout work), 0.99x; a
-  handle that keeps its connection between checkouts (no claim, no release;
-  unsafe across tenants, an experiment only), 0.99-1.00x. So about one point
-  is the claim and release under contention (the handle's and the
-  connection's cache lines follow the goroutine between the two cores) and
-  about one point is common to pgxpool-built connections, or noise.
-- 100 tenants: the map of ` + "`*sql.DB`" + ` pays no routing and its hundred
-  database/sql pools share no lock; tenantpg's tenants share one ` + "`*sql.DB`" + `.
-  Runs this session: 0.97-1.00x (the first handle version: 0.94-0.98x;
-  before handles: 0.85x). Section 6 runs its contenders one after another,
-  not interleaved, and moves by about ±10% between runs at 1 and 10 tenants;
-  interleaved (7 rounds, budget 200) tenantpg measured 1.02x the map at 1
-  tenant and 0.96x at 10.
+- One tenant, 8 workers on 2 cores: the client spends about 31 µs of CPU per
+  query, mostly in system calls and the Go scheduler, and the server's
+  backends share the two cores. Alone (` + "`db.Conn`" + ` and ` + "`Close`" + ` in 8
+  goroutines, no query) tenantpg's checkout and release run at parity with
+  ` + "`stdlib.OpenDB`" + ` (2.0 million a second each); between queries they cost
+  tenantpg about 5% more client CPU. The difference is cache misses, not
+  instructions: between a release and the next checkout the query and the
+  backends evict what the checkout path reads, and every cache line it
+  touches is a miss. Session 4 put what the path reads in one cache line of
+  each struct (the handle, the connection, the pool entry, the Connector;
+  ` + "`layout_test.go`" + ` keeps it so) and dropped a read of the pgx connection.
+  Measured with a throwaway program (20 interleaved rounds of 1 s per
+  process, 8 processes): tenantpg/` + "`stdlib.OpenDB`" + ` 0.971-0.997, median
+  0.986 (before: 0.975-0.980 in 4 processes); a handle that keeps its
+  connection between checkouts (no claim, no release; unsafe across
+  tenants, an experiment only) 0.999-1.005 in 5 processes. So the claim and
+  release still cost about 1.5 points at 8 workers direct. With one worker,
+  and through PgBouncer, runs land on either side of 1.00x: which server
+  backend and core each contender's connections get is drawn once per
+  process and moves a run by about ±2%.
+- 100 tenants: nearly every checkout is for another tenant than its
+  handle's last, so it looks the tenant up. That lookup took a read lock
+  whose word every core writes; since session 4 it reads a ` + "`sync.Map`" + `
+  without a lock (alternating builds: 1.00x and 1.01x the map of
+  ` + "`*sql.DB`" + ` after, 0.96x and 1.01x before). Section 6 runs its
+  contenders one after another, not interleaved, and moves by about ±10%
+  between runs at 1 and 10 tenants.
 - Before handles a checkout cost 3.4 µs and 13 allocations and one tenant
   measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `; the first handle version 0.94-1.03x.
 
-What would close the rest: a release that only stores "parked" (the park
-time, the last-use stamp and the health checks moved to the claim side), and
-padding the handle and the connection so that their hot words share one
-cache line each. The zero-cost experiment bounds the gain at one to two
-points at 8 workers; neither is done, because at that size the effect is
-below what one run of this program resolves.
+What would close the rest at 8 workers: fewer lines on the release path.
+A release still reads the Connector (clock, closed, budget) and the pool
+entry (` + "`slow`" + `, last use) besides the connection; moving the park-time
+stamp and the pool's last use to the reaper (it can tell activity from the
+connections' use counts) and a copy of the budget flag into the entry would
+leave the entry's line, worth perhaps half a point. The experiment above
+bounds any checkout design at parity: the query path itself is pgx's stdlib,
+the same code for both.
 `
