@@ -101,6 +101,27 @@ func checkSetting(ctx context.Context, q interface {
 	return nil
 }
 
+// freshNote says why single closes every contender's connections before
+// each round.
+const freshNote = "Before each round's warm-up every contender's server connections are closed, so that it dials new ones: " +
+	"which server backend, and so which core, a connection gets moves a contender's throughput by a few percent " +
+	"(two identical tenantpg contenders differed by up to 5% in one run when connections were kept for the whole run), " +
+	"and this draws it again every round instead of once per run."
+
+// resetTenantpg closes the connections tenantpg holds for tenant: they go
+// back to the tenant's pgxpool (Connector.Pool), which closes them.
+func resetTenantpg(ctx context.Context, db *sql.DB, tenant string) {
+	c, err := tenantpg.ConnectorOf(db)
+	if err != nil {
+		panic(err)
+	}
+	p, err := c.Pool(ctx, tenant)
+	if err != nil {
+		panic(err)
+	}
+	p.Reset()
+}
+
 // single: one tenant, the same exec mode and pool size for every contender.
 func (b *bench) single(ctx context.Context, r *report) error {
 	env := b.env
@@ -112,7 +133,7 @@ func (b *bench) single(ctx context.Context, r *report) error {
 		"`QueryRow(\"select $1::int\")`, tenant t01 (login app.t01), pool size 8 for every contender, same exec mode per route. "+
 			"`tenantpg` is `OpenDB` (database/sql keeps up to 1,024 idle handles); `tenantpg (sql.Open)` is `sql.Open(\"tenantpg\", dsn)` "+
 			"with database/sql's default of 2 idle handles, so at 8 workers most checkouts make a new handle. "+
-			"Ratios are against `stdlib.OpenDB`.")
+			"Ratios are against `stdlib.OpenDB`. "+freshNote)
 	for _, rt := range routes {
 		base := withParams(rt.url, "default_query_exec_mode="+rt.mode, "pool_max_conns=8")
 		for _, workers := range []int{1, 8} {
@@ -139,11 +160,15 @@ func (b *bench) single(ctx context.Context, r *report) error {
 				return err
 			}
 			cs := []contender{
-				{name: "stdlib.OpenDB", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, sdb, i) }},
-				{name: "tenantpg", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tp, i) }},
-				{name: "tenantpg (sql.Open)", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tpOpen, i) }},
-				{name: "stdlib.OpenDBFromPool", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, fromPool, i) }},
-				{name: "pgxpool (native)", op: func(ctx context.Context, _, i int) error {
+				{name: "stdlib.OpenDB", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, sdb, i) },
+					fresh: func(context.Context) { sdb.SetMaxIdleConns(0); sdb.SetMaxIdleConns(8) }},
+				{name: "tenantpg", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tp, i) },
+					fresh: func(ctx context.Context) { resetTenantpg(ctx, tp, "t01") }},
+				{name: "tenantpg (sql.Open)", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tpOpen, i) },
+					fresh: func(ctx context.Context) { resetTenantpg(ctx, tpOpen, "t01") }},
+				{name: "stdlib.OpenDBFromPool", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, fromPool, i) },
+					fresh: func(context.Context) { fromPool.SetMaxIdleConns(0); fromPool.SetMaxIdleConns(2); pool.Reset() }},
+				{name: "pgxpool (native)", fresh: func(context.Context) { native.Reset() }, op: func(ctx context.Context, _, i int) error {
 					var n int
 					if err := native.QueryRow(ctx, "select $1::int", i).Scan(&n); err != nil {
 						return err

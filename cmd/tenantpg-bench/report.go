@@ -176,21 +176,27 @@ no lock, no tenant lookup, no clock read. A checkout costs what
   0.986 (before: 0.975-0.980 in 4 processes); a handle that keeps its
   connection between checkouts (no claim, no release; unsafe across
   tenants, an experiment only) 0.999-1.005 in 5 processes. So the claim and
-  release still cost about 1.5 points at 8 workers direct. With one worker,
-  and through PgBouncer, runs land on either side of 1.00x: which server
-  backend and core each contender's connections get is drawn once per
-  process and moves a run by about ±2%.
+  release still cost about 1.5 points at 8 workers direct. One run of this
+  program cannot show a gap that size: its two tenantpg contenders run the
+  same code and still differ by up to 3 points in one run (up to 5 before
+  session 4, when a contender kept its connections for the whole run and
+  which server backend and core they got was drawn once). Since session 4
+  section 1 gives every contender new connections each round; a report's
+  1.00x or 0.97x for one route is still that noise around a gap of 1-2
+  points.
 - 100 tenants: nearly every checkout is for another tenant than its
-  handle's last, so it looks the tenant up. That lookup took a read lock
-  whose word every core writes; since session 4 it reads a ` + "`sync.Map`" + `
-  without a lock (alternating builds: 1.00x and 1.01x the map of
-  ` + "`*sql.DB`" + ` after, 0.96x and 1.01x before). Section 6 runs its
+  handle's last, so it looks the tenant up. Since session 4 the lookup reads
+  a ` + "`sync.Map`" + ` instead of taking a read lock whose word every core writes
+  (Go's RWMutex read path does not scale with cores, golang/go#17973). On
+  these 2 cores it changed nothing measurable: alternating builds, 3 runs
+  each, tenantpg and tenantpg (sql.Open) averaged 0.98x the map of
+  ` + "`*sql.DB`" + ` before and after (single figures 0.96-1.01x). Section 6 runs its
   contenders one after another, not interleaved, and moves by about ±10%
   between runs at 1 and 10 tenants.
 - Before handles a checkout cost 3.4 µs and 13 allocations and one tenant
   measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `; the first handle version 0.94-1.03x.
 
-What would close the rest at 8 workers: fewer lines on the release path.
+What would close the rest: fewer lines on the release path.
 A release still reads the Connector (clock, closed, budget) and the pool
 entry (` + "`slow`" + `, last use) besides the connection; moving the park-time
 stamp and the pool's last use to the reaper (it can tell activity from the

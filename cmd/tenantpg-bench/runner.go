@@ -16,10 +16,13 @@ import (
 // contender is one approach in a comparison. op runs one unit of work for
 // worker w; i counts the worker's operations.
 type contender struct {
-	name  string
-	app   string // application_name of its connections, for counting them on the server
-	op    func(ctx context.Context, w, i int) error
-	warm  func(ctx context.Context) // optional: bring the contender to steady state before measuring
+	name string
+	app  string // application_name of its connections, for counting them on the server
+	op   func(ctx context.Context, w, i int) error
+	warm func(ctx context.Context) // optional: bring the contender to steady state before measuring
+	// fresh, optional, closes the contender's server connections before
+	// each round's warm-up, so that it dials new ones: see freshNote.
+	fresh func(ctx context.Context)
 	close func()
 }
 
@@ -147,6 +150,9 @@ func interleave(ctx context.Context, cs []contender, rounds, workers int, dur ti
 	for r := 0; r < rounds; r++ {
 		rng.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
 		for _, i := range order {
+			if cs[i].fresh != nil {
+				cs[i].fresh(ctx)
+			}
 			runtime.GC()
 			runOnce(ctx, cs[i], workers, dur/10, nil) // warm-up, not measured
 			res[i] = append(res[i], runOnce(ctx, cs[i], workers, dur, count))
