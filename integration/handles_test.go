@@ -285,9 +285,16 @@ func TestRejectedTenantLosesHandleShortcut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Close(context.Background())
+	// Cleanups run last in, first out: LOGIN comes back before admin closes
+	// (a deferred Close ran before any cleanup and left the role NOLOGIN
+	// for the next run, go test -count=2).
+	t.Cleanup(func() { admin.Close(context.Background()) })
 	role := pgx.Identifier{"app." + id}.Sanitize()
-	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), "alter role "+role+" login") })
+	t.Cleanup(func() {
+		if _, err := admin.Exec(context.Background(), "alter role "+role+" login"); err != nil {
+			t.Errorf("restoring LOGIN: %v", err)
+		}
+	})
 
 	db := directUserDB(t, env, "pool_max_conns=2", "tenant_pool_idle=1h", "tenant_reject_ttl=1h")
 	db.SetMaxIdleConns(4)
