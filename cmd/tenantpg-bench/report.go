@@ -163,16 +163,16 @@ no lock, no tenant lookup, no clock read. A checkout costs what
 - One tenant, 8 workers on 2 cores: the client spends about 31 µs of CPU per
   query, mostly in system calls and the Go scheduler, and the server's
   backends share the two cores. Alone (` + "`db.Conn`" + ` and ` + "`Close`" + ` in 8
-  goroutines, no query) tenantpg's checkout and release run at parity with
-  ` + "`stdlib.OpenDB`" + ` (2.0 million a second each); between queries they cost
+  goroutines, no query: ` + "`tenantpg-probe -checkout`" + `) tenantpg's checkout and release run at parity with
+  ` + "`stdlib.OpenDB`" + ` (1.5-2 million a second each, 0.99-1.00x); between queries they cost
   tenantpg about 5% more client CPU. The difference is cache misses, not
   instructions: between a release and the next checkout the query and the
   backends evict what the checkout path reads, and every cache line it
   touches is a miss. Session 4 put what the path reads in one cache line of
   each struct (the handle, the connection, the pool entry, the Connector;
   ` + "`layout_test.go`" + ` keeps it so) and dropped a read of the pgx connection.
-  Measured with a throwaway program (20 interleaved rounds of 1 s per
-  process, 8 processes): tenantpg/` + "`stdlib.OpenDB`" + ` 0.971-0.997, median
+  Measured with ` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`" + ` (20
+  interleaved rounds of 1 s, 8 processes): tenantpg/` + "`stdlib.OpenDB`" + ` 0.971-0.997, median
   0.986 (before: 0.975-0.980 in 4 processes); a handle that keeps its
   connection between checkouts (no claim, no release; unsafe across
   tenants, an experiment only) 0.999-1.005 in 5 processes. So the claim and
