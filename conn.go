@@ -115,6 +115,8 @@ func (h *Conn) bind(pc *pconn) {
 // closed (it may serve another handle next) and the connection is parked
 // with its pool.
 func (h *Conn) release() {
+	// stmts and err sit in the handle's second cache line, which a release
+	// writes only when they hold something (see "Cache lines" in park.go).
 	if h.sc != nil {
 		if len(h.stmts) > 0 {
 			for _, s := range h.stmts {
