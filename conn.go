@@ -40,6 +40,7 @@ type Conn struct {
 	// and its entry still serves tenant as of lastGen (see pconn).
 	last    *pconn
 	lastGen uint32
+	bare    bool   // pc's pool has no query tracer: see pgxCtx
 	tenant  string // the tenant of the checkout, or of the last one while the handle is idle; "" for none
 
 	err   error    // why binding this checkout failed; every operation returns it
@@ -108,7 +109,24 @@ func (h *Conn) checkout(ctx context.Context) error {
 
 func (h *Conn) bind(pc *pconn) {
 	h.pc, h.sc = pc, pc.sc
+	h.bare = pc.e.bare
 	h.gen++
+}
+
+// pgxCtx returns the context to give pgx for an operation of the checkout
+// under ctx. pgx watches a context for cancellation on every query (a
+// mutex taken twice, and a callback registered when it can be cancelled)
+// unless it is context.Background() itself. WithTenant(context.Background(),
+// t) cannot be cancelled either and holds nothing but the tenant; when the
+// connection's pool has no query tracer to show the tenant to, pgx gets
+// context.Background() instead, so that a query under such a context costs
+// what it costs without tenantpg (see docs/architecture.md, "pgx's context
+// watch").
+func (h *Conn) pgxCtx(ctx context.Context) context.Context {
+	if tc, ok := ctx.(*tenantCtx); ok && h.bare && tc.Context == context.Background() {
+		return context.Background()
+	}
+	return ctx
 }
 
 // release ends the checkout: statements prepared on the connection are
@@ -178,7 +196,7 @@ func (h *Conn) Close() error {
 // the connector is open, or pings tenant_ping's pool when configured.
 func (h *Conn) Ping(ctx context.Context) error {
 	if h.sc != nil {
-		return h.sc.Ping(ctx)
+		return h.sc.Ping(h.pgxCtx(ctx))
 	}
 	if h.err != nil {
 		return h.err
@@ -231,7 +249,7 @@ func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
-	return sc.BeginTx(ctx, opts)
+	return sc.BeginTx(h.pgxCtx(ctx), opts)
 }
 
 func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -239,7 +257,7 @@ func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if err != nil {
 		return nil, err
 	}
-	return sc.ExecContext(ctx, query, args)
+	return sc.ExecContext(h.pgxCtx(ctx), query, args)
 }
 
 func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -247,7 +265,7 @@ func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
-	return sc.QueryContext(ctx, query, args)
+	return sc.QueryContext(h.pgxCtx(ctx), query, args)
 }
 
 // stmt is a statement prepared through a handle. database/sql keeps it with
@@ -276,7 +294,7 @@ func (s *stmt) inner(ctx context.Context) (driver.Stmt, error) {
 	if err != nil {
 		return nil, err
 	}
-	si, err := sc.PrepareContext(ctx, s.query)
+	si, err := sc.PrepareContext(s.h.pgxCtx(ctx), s.query)
 	if err != nil {
 		return nil, err
 	}
@@ -323,7 +341,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if err != nil {
 		return nil, err
 	}
-	return si.(driver.StmtExecContext).ExecContext(ctx, args)
+	return si.(driver.StmtExecContext).ExecContext(s.h.pgxCtx(ctx), args)
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -331,5 +349,5 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
-	return si.(driver.StmtQueryContext).QueryContext(ctx, args)
+	return si.(driver.StmtQueryContext).QueryContext(s.h.pgxCtx(ctx), args)
 }

@@ -222,6 +222,31 @@ func TestParkedConnectionsReturnToPgxpool(t *testing.T) {
 	}
 }
 
+// TestBusyConnectionStaysParked is the other side of
+// TestParkedConnectionsReturnToPgxpool: a connection used every 100 ms for
+// three seconds, longer than a connection stays parked unused, never goes
+// back to pgxpool, and its pool, used only through the handle's shortcut
+// (no tenant lookup), is not reaped as idle with tenant_pool_idle=1s.
+func TestBusyConnectionStaysParked(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 1)
+	db := directUserDB(t, env, "tenant_pool_idle=1s")
+	ctx := tenantpg.WithTenant(testCtx(t), ids[0])
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if _, err := queryString(ctx, db, "select current_user"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := stats(t, db)
+	p, ok := st.Tenant(ids[0])
+	if !ok || st.PoolsReaped != 0 {
+		t.Fatalf("pool of the busy tenant reaped (%d reaped)", st.PoolsReaped)
+	}
+	if acq := p.Pool.AcquireCount(); acq != 1 || p.Checkouts < 20 {
+		t.Fatalf("pgxpool acquires = %d over %d checkouts, want 1: a connection in use every 100 ms went back to pgxpool", acq, p.Checkouts)
+	}
+}
+
 // TestContendedPoolHandsOverDirectly runs 8 workers on one tenant whose pool
 // holds one connection: a checkout that finds tenantpg holding it waits for
 // it, and the handle that gives it back hands it over directly, without a

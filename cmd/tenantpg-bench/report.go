@@ -196,12 +196,20 @@ no lock, no tenant lookup, no clock read. A checkout costs what
 - Before handles a checkout cost 3.4 µs and 13 allocations and one tenant
   measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `; the first handle version 0.94-1.03x.
 
-What would close the rest: fewer lines on the release path.
-A release still reads the Connector (clock, closed, budget) and the pool
-entry (` + "`slow`" + `, last use) besides the connection; moving the park-time
-stamp and the pool's last use to the reaper (it can tell activity from the
-connections' use counts) and a copy of the budget flag into the entry would
-leave the entry's line, worth perhaps half a point. The experiment above
-bounds any checkout design at parity: the query path itself is pgx's stdlib,
-the same code for both.
+What would close the rest. Session 5 built the two candidates named here
+before and measured neither as a gain (` + "`tenantpg-probe`" + `, alternating builds, 6
+processes each): a release that reads neither the clock nor the Connector
+(the reaper ages parked connections from their use counts), median 0.982
+against 0.982; handles that keep their connection while idle, other
+checkouts taking it from them with a compare-and-swap on the handle's word,
+so that the connection's cache line is not written per query, 0.983 against
+0.984. Neither was kept (docs/architecture.md, "Handles"). What did help a
+little: pgx watches every context but ` + "`context.Background()`" + ` for cancellation,
+and a tenant set on ` + "`context.Background()`" + ` hid that it cannot be cancelled;
+tenantpg now hands pgx ` + "`context.Background()`" + ` for it when no tracer could read
+the tenant (client CPU per query 1.044x to 1.037x of ` + "`stdlib.OpenDB`" + `). This
+program's contenders all run under ` + "`context.Background()`" + ` (tenantpg's with the
+tenant on it); under request contexts that can be cancelled pgx watches
+them for every contender alike. The remaining gap of about 1.5 points at 8
+workers is below what five or six probe processes resolve.
 `
