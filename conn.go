@@ -40,7 +40,7 @@ type Conn struct {
 	// and its entry still serves tenant as of lastGen (see pconn).
 	last    *pconn
 	lastGen uint32
-	bare    bool   // pc's pool has no query tracer: see pgxCtx
+	bare    bool   // pc.bare: see pgxCtx
 	tenant  string // the tenant of the checkout, or of the last one while the handle is idle; "" for none
 
 	err   error    // why binding this checkout failed; every operation returns it
@@ -109,21 +109,27 @@ func (h *Conn) checkout(ctx context.Context) error {
 
 func (h *Conn) bind(pc *pconn) {
 	h.pc, h.sc = pc, pc.sc
-	h.bare = pc.e.bare
+	h.bare = pc.bare
 	h.gen++
 }
 
 // pgxCtx returns the context to give pgx for an operation of the checkout
-// under ctx. pgx watches a context for cancellation on every query (a
-// mutex taken twice, and a callback registered when it can be cancelled)
-// unless it is context.Background() itself. WithTenant(context.Background(),
-// t) cannot be cancelled either and holds nothing but the tenant; when the
-// connection's pool has no query tracer to show the tenant to, pgx gets
-// context.Background() instead, so that a query under such a context costs
-// what it costs without tenantpg (see docs/architecture.md, "pgx's context
-// watch").
-func (h *Conn) pgxCtx(ctx context.Context) context.Context {
+// under ctx with args. pgx watches a context for cancellation on every
+// query (a mutex taken twice, and a callback registered when it can be
+// cancelled) unless it is context.Background() itself.
+// WithTenant(context.Background(), t) cannot be cancelled either and holds
+// nothing but the tenant; pgx gets context.Background() instead when
+// nothing could read the tenant from it: the connection has no query
+// tracer, and args do not start with a pgx.QueryRewriter. A query under
+// such a context then costs what it costs without tenantpg (see
+// docs/architecture.md, "pgx's context watch").
+func (h *Conn) pgxCtx(ctx context.Context, args []driver.NamedValue) context.Context {
 	if tc, ok := ctx.(*tenantCtx); ok && h.bare && tc.Context == context.Background() {
+		if len(args) > 0 {
+			if _, rw := args[0].Value.(pgx.QueryRewriter); rw {
+				return ctx
+			}
+		}
 		return context.Background()
 	}
 	return ctx
@@ -196,7 +202,7 @@ func (h *Conn) Close() error {
 // the connector is open, or pings tenant_ping's pool when configured.
 func (h *Conn) Ping(ctx context.Context) error {
 	if h.sc != nil {
-		return h.sc.Ping(h.pgxCtx(ctx))
+		return h.sc.Ping(h.pgxCtx(ctx, nil))
 	}
 	if h.err != nil {
 		return h.err
@@ -249,7 +255,7 @@ func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
-	return sc.BeginTx(h.pgxCtx(ctx), opts)
+	return sc.BeginTx(h.pgxCtx(ctx, nil), opts)
 }
 
 func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -257,7 +263,7 @@ func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if err != nil {
 		return nil, err
 	}
-	return sc.ExecContext(h.pgxCtx(ctx), query, args)
+	return sc.ExecContext(h.pgxCtx(ctx, args), query, args)
 }
 
 func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -265,7 +271,7 @@ func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
-	return sc.QueryContext(h.pgxCtx(ctx), query, args)
+	return sc.QueryContext(h.pgxCtx(ctx, args), query, args)
 }
 
 // stmt is a statement prepared through a handle. database/sql keeps it with
@@ -294,7 +300,7 @@ func (s *stmt) inner(ctx context.Context) (driver.Stmt, error) {
 	if err != nil {
 		return nil, err
 	}
-	si, err := sc.PrepareContext(s.h.pgxCtx(ctx), s.query)
+	si, err := sc.PrepareContext(s.h.pgxCtx(ctx, nil), s.query)
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +347,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if err != nil {
 		return nil, err
 	}
-	return si.(driver.StmtExecContext).ExecContext(s.h.pgxCtx(ctx), args)
+	return si.(driver.StmtExecContext).ExecContext(s.h.pgxCtx(ctx, args), args)
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -349,5 +355,5 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err != nil {
 		return nil, err
 	}
-	return si.(driver.StmtQueryContext).QueryContext(s.h.pgxCtx(ctx), args)
+	return si.(driver.StmtQueryContext).QueryContext(s.h.pgxCtx(ctx, args), args)
 }

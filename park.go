@@ -37,6 +37,7 @@ type pconn struct {
 	e     *poolEntry
 	slot  int           // index in e.slots; fixed
 	state atomic.Uint32 // pcInUse, pcParked or pcGone
+	bare  bool          // no query tracer: a handle may give pgx context.Background() (Conn.pgxCtx)
 	at    atomic.Int64  // coarse clock reading of the last park
 	uses  atomic.Int64  // checkouts served
 	_     [16]byte      // to 64 bytes: a cache line of its own (layout_test.go)
@@ -125,12 +126,17 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 		e.held++
 		e.parkMu.Unlock()
 		dc, err := e.connector.Connect(ctx)
+		bare := false
+		if err == nil {
+			// Per connection: a BeforeConnect hook may set a tracer on one.
+			bare = queriesUntraced(dc.(*stdlib.Conn).Conn().Config().Tracer)
+		}
 		e.parkMu.Lock()
 		e.acquiring--
 		e.slow.Add(-1)
 		var pc *pconn
 		if err == nil {
-			pc = e.listLocked(dc.(*stdlib.Conn))
+			pc = e.listLocked(dc.(*stdlib.Conn), bare)
 		} else {
 			e.held--
 			e.wakeLocked()
@@ -202,10 +208,10 @@ func (e *poolEntry) claimAny() *pconn {
 // listLocked puts a connection just acquired from pgxpool into a free slot.
 // held counts every listed connection and is at most pool_max_conns, the
 // number of slots, when it is listed.
-func (e *poolEntry) listLocked(sc *stdlib.Conn) *pconn {
+func (e *poolEntry) listLocked(sc *stdlib.Conn, bare bool) *pconn {
 	for i := range e.slots {
 		if e.slots[i].Load() == nil {
-			pc := &pconn{sc: sc, e: e, slot: i}
+			pc := &pconn{sc: sc, e: e, slot: i, bare: bare}
 			e.slots[i].Store(pc)
 			return pc
 		}

@@ -26,7 +26,6 @@ type poolEntry struct {
 	// or removed): a handle's shortcut to the connection it held last is
 	// valid while mapGen is what it was when that connection was acquired.
 	mapGen   atomic.Uint32
-	bare     bool         // no query tracer: a handle may give pgx context.Background() (Conn.pgxCtx)
 	lastUsed atomic.Int64 // coarseClock reading of the last checkout or release
 	maxConns int          // pool_max_conns
 	clock    *coarseClock // the Connector's
@@ -59,7 +58,7 @@ type poolEntry struct {
 	dials      atomic.Int64 // physical connections opened
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
-	_          [32]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
+	_          [40]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
 }
 
 // touch records a use of e at clock reading now.
@@ -240,7 +239,6 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, uint3
 		clock:   &s.c.clock,
 	}
 	e.touch(e.clock.read())
-	e.bare = pc.ConnConfig.Tracer == nil // before instrument adds tenantpg's
 	s.c.instrument(pc, e, tenant, id)
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {

@@ -32,6 +32,15 @@ var (
 	_ pgxpool.ReleaseTracer = (*releaseTracer)(nil)
 )
 
+// queriesUntraced reports whether t, a connection's tracer, traces no
+// queries: it is nil, or tenantpg's releaseTracer around nothing.
+func queriesUntraced(t pgx.QueryTracer) bool {
+	if r, ok := t.(*releaseTracer); ok {
+		return r.inner == nil
+	}
+	return t == nil
+}
+
 func (t *releaseTracer) TraceRelease(pool *pgxpool.Pool, data pgxpool.TraceReleaseData) {
 	if r, ok := t.inner.(pgxpool.ReleaseTracer); ok {
 		r.TraceRelease(pool, data)
