@@ -197,19 +197,19 @@ no lock, no tenant lookup, no clock read. A checkout costs what
   measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `; the first handle version 0.94-1.03x.
 
 What would close the rest. Session 5 built the two candidates named here
-before and measured neither as a gain (` + "`tenantpg-probe`" + `, alternating builds, 6
-processes each): a release that reads neither the clock nor the Connector
-(the reaper ages parked connections from their use counts), median 0.982
-against 0.982; handles that keep their connection while idle, other
+before and measured neither as a gain (` + "`tenantpg-probe`" + `, alternating builds):
+a release that reads neither the clock nor the Connector (the reaper ages
+parked connections from their use counts), median 0.982 against 0.982 (6
+processes each); handles that keep their connection while idle, other
 checkouts taking it from them with a compare-and-swap on the handle's word,
-so that the connection's cache line is not written per query, 0.983 against
-0.984. Neither was kept (docs/architecture.md, "Handles"). What did help a
-little: pgx watches every context but ` + "`context.Background()`" + ` for cancellation,
-and a tenant set on ` + "`context.Background()`" + ` hid that it cannot be cancelled;
-tenantpg now hands pgx ` + "`context.Background()`" + ` for it when no tracer could read
-the tenant (client CPU per query 1.044x to 1.037x of ` + "`stdlib.OpenDB`" + `). This
-program's contenders all run under ` + "`context.Background()`" + ` (tenantpg's with the
-tenant on it); under request contexts that can be cancelled pgx watches
-them for every contender alike. The remaining gap of about 1.5 points at 8
-workers is below what five or six probe processes resolve.
+so that the connection's cache line is not written per query, 0.9805
+against 0.9785 (16 each). Neither was kept (docs/architecture.md,
+"Handles"). pgx watches every context but ` + "`context.Background()`" + ` for
+cancellation, and a tenant set on ` + "`context.Background()`" + ` hid that it cannot be
+cancelled (it cost ` + "`stdlib.OpenDB`" + ` 0.6-0.7% more client CPU per query);
+tenantpg now hands pgx ` + "`context.Background()`" + ` for it when nothing could read
+the tenant, a gain below what 16 probe processes resolve (0.978x to
+0.980x). This program's contenders all run under ` + "`context.Background()`" + `
+(tenantpg's with the tenant on it). The remaining gap, about 2 points at 8
+workers on these 2 cores, is in none of these alone.
 `
