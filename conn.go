@@ -20,13 +20,17 @@ import (
 // so reusing one never offers a tenant another tenant's connection, and
 // same-tenant reuse costs what database/sql's own idle reuse costs.
 //
-// A checkout without a tenant leaves the handle unbound: Ping succeeds while
-// the connector is open (or pings tenant_ping's pool when configured) and
-// every other operation fails with ErrNoTenant.
+// A checkout without a tenant leaves the handle unbound until an operation
+// whose context has a tenant binds it to that tenant for the rest of the
+// checkout. database/sql needs this with SetMaxOpenConns: it opens handles
+// for queued callers in the background, with a context of its own, and
+// hands them over without ResetSession. Unbound, Ping succeeds while the
+// connector is open (or pings tenant_ping's pool when configured) and every
+// other operation fails with ErrNoTenant.
 //
 // Reach the pgx connection with (*sql.Conn).Raw:
 //
-//	conn.Raw(func(dc any) error { pgxConn := dc.(*tenantpg.Conn).Conn(); ... })
+//	conn.Raw(func(dc any) error { pgxConn, err := dc.(*tenantpg.Conn).ConnContext(ctx); ... })
 type Conn struct {
 	// The first cache line holds what a checkout and its release touch
 	// (see park.go for why that matters).
@@ -62,13 +66,28 @@ var (
 
 // Conn returns the pgx connection of the checkout's tenant for pgx-native
 // work inside (*sql.Conn).Raw (COPY, LISTEN, batches). It returns nil when
-// the checkout has no tenant or its connection could not be obtained. The
-// connection must not be used after Raw returns.
+// the checkout is not bound: it had no tenant, or its connection could not
+// be obtained; ConnContext binds it and says why not. The connection must
+// not be used after Raw returns.
 func (h *Conn) Conn() *pgx.Conn {
 	if h.sc == nil {
 		return nil
 	}
 	return h.sc.Conn()
+}
+
+// ConnContext is Conn for a checkout that may not be bound yet: one that
+// had no tenant (database/sql's background opener, with SetMaxOpenConns,
+// hands a caller a handle it opened with a context of its own) binds here to
+// the tenant of ctx, as its first operation would. It returns ErrNoTenant
+// when neither the checkout nor ctx has a tenant, and otherwise the error of
+// binding (a *BudgetError, a *RejectedError, ErrClosed, ...).
+func (h *Conn) ConnContext(ctx context.Context) (*pgx.Conn, error) {
+	sc, err := h.bound(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return sc.Conn(), nil
 }
 
 // Tenant returns the tenant of the current checkout, "" if it has none.
@@ -156,8 +175,10 @@ func (h *Conn) release() {
 	}
 }
 
-// bound returns the checkout's connection or the reason there is none.
-func (h *Conn) bound() (*stdlib.Conn, error) {
+// bound returns the checkout's connection for an operation under ctx, or
+// the reason there is none. A checkout without a tenant binds here to the
+// tenant of ctx, if it has one (see Conn).
+func (h *Conn) bound(ctx context.Context) (*stdlib.Conn, error) {
 	switch {
 	case h.sc != nil:
 		return h.sc, nil
@@ -165,6 +186,13 @@ func (h *Conn) bound() (*stdlib.Conn, error) {
 		return nil, h.err
 	case h.c.closed.Load():
 		return nil, ErrClosed
+	}
+	if _, ok := TenantFromContext(ctx); ok {
+		h.c.noTenant.Add(-1) // counted by the checkout, which binds after all
+		if err := h.checkout(ctx); err != nil {
+			return nil, err
+		}
+		return h.sc, nil
 	}
 	return nil, ErrNoTenant
 }
@@ -198,22 +226,16 @@ func (h *Conn) Close() error {
 	return nil
 }
 
-// Ping pings the tenant's connection. Without a tenant it succeeds while
-// the connector is open, or pings tenant_ping's pool when configured.
+// Ping pings the checkout's connection, binding an unbound checkout to
+// ctx's tenant first. Without a tenant in either it succeeds while the
+// connector is open, or pings tenant_ping's pool when configured.
 func (h *Conn) Ping(ctx context.Context) error {
-	if h.sc != nil {
-		return h.sc.Ping(h.pgxCtx(ctx, nil))
-	}
-	if h.err != nil {
-		return h.err
-	}
-	if h.c.closed.Load() {
-		return ErrClosed
-	}
-	if _, ok := TenantFromContext(ctx); ok {
-		// Handed to a caller with a tenant without ResetSession (database/sql's
-		// background opener, with SetMaxOpenConns): do not claim success.
-		return ErrNoTenant
+	if _, ok := TenantFromContext(ctx); ok || h.sc != nil || h.err != nil || h.c.closed.Load() {
+		sc, err := h.bound(ctx)
+		if err != nil {
+			return err
+		}
+		return sc.Ping(h.pgxCtx(ctx, nil))
 	}
 	t := h.c.settings.cfg.PingTenant
 	if t == "" {
@@ -251,7 +273,7 @@ func (h *Conn) Begin() (driver.Tx, error) {
 }
 
 func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	sc, err := h.bound()
+	sc, err := h.bound(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -259,7 +281,7 @@ func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 }
 
 func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	sc, err := h.bound()
+	sc, err := h.bound(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -267,7 +289,7 @@ func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 }
 
 func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	sc, err := h.bound()
+	sc, err := h.bound(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -296,7 +318,7 @@ func (s *stmt) inner(ctx context.Context) (driver.Stmt, error) {
 	if s.si != nil && s.gen == s.h.gen {
 		return s.si, nil
 	}
-	sc, err := s.h.bound()
+	sc, err := s.h.bound(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -94,9 +94,10 @@ func OpenDB(cfg *Config) (*sql.DB, error) {
 const IdleHandles = 1024
 
 // Connect returns a handle bound to a connection from the pool of the
-// tenant in ctx (see Conn). With no tenant in ctx the handle answers Ping
-// and fails every other operation with ErrNoTenant, so that a tenant-less
-// health check does not break; it opens nothing. Invalid tenants fail with
+// tenant in ctx (see Conn). With no tenant in ctx the handle opens nothing
+// until an operation whose context has a tenant binds it; until then it
+// answers Ping, so that a tenant-less health check does not break, and
+// fails every other operation with ErrNoTenant. Invalid tenants fail with
 // ErrInvalidTenant before any network I/O; rejected tenants with a
 // *RejectedError; a full budget with a *BudgetError; a session that is not
 // the tenant's with an *IdentityError.

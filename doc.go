@@ -81,7 +81,9 @@
 // prepares return ErrNoTenant and open nothing. Ping is the exception,
 // because gorm.Open and sqlx.Connect ping without a context and a failed
 // ping makes them fail: a tenant-less Ping only checks that the connector is
-// open, or, with tenant_ping, pings that tenant's pool.
+// open, or, with tenant_ping, pings that tenant's pool. A *sql.Conn opened
+// without a tenant binds to the tenant of its first operation that has one
+// and keeps that tenant's connection.
 //
 // Tenant ids are validated before any network I/O: they must match the
 // pattern, be valid UTF-8 without NUL, and every rewritten user, database and
@@ -113,9 +115,13 @@
 //
 // # Limits of database/sql
 //
-// Do not use db.SetMaxOpenConns: database/sql then opens handles for queued
-// callers in the background with a context that has no tenant, and those
-// callers get ErrNoTenant. Use tenant_max_conns and pool_max_conns instead.
+// db.SetMaxOpenConns caps handles, that is concurrent checkouts across all
+// tenants; tenant_max_conns and pool_max_conns cap server connections. With
+// it, database/sql opens handles for queued callers in the background with a
+// context of its own and hands them over without ResetSession: such a
+// checkout binds at its first operation, so inside (*sql.Conn).Raw use
+// (*Conn).ConnContext rather than Conn.
+//
 // db.Stats() counts handles, not server connections; DBStats counts those.
 // Named prepared statements (db.Prepare, GORM PrepareStmt, sqlx Preparex)
 // need a direct route or a pooler that supports them (PgBouncer 1.21 or

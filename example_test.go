@@ -168,8 +168,11 @@ func ExamplePool() {
 	}
 	defer conn.Close()
 	err = conn.Raw(func(driverConn any) error {
-		pgxConn := driverConn.(*tenantpg.Conn).Conn()
-		_, err := pgxConn.Exec(ctx, "listen jobs")
+		pgxConn, err := driverConn.(*tenantpg.Conn).ConnContext(ctx)
+		if err != nil {
+			return err // ErrNoTenant, a *BudgetError, ...
+		}
+		_, err = pgxConn.Exec(ctx, "listen jobs")
 		return err
 	})
 	if err != nil {

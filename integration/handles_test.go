@@ -386,3 +386,77 @@ func TestIdleHandlesDoNotRetainReapedPools(t *testing.T) {
 		t.Fatalf("no idle handle left (%+v): the check above proved nothing", st)
 	}
 }
+
+// TestSetMaxOpenConns caps database/sql's handles while many goroutines
+// query several tenants. With callers queued, database/sql opens handles in
+// its background opener with a context of its own (here: whenever
+// SetConnMaxLifetime retires one) and hands them to queued callers without
+// ResetSession; each such checkout must bind at its first operation to the
+// tenant of that operation's context. Every query must run as its tenant,
+// and the handles must stay within the cap.
+func TestSetMaxOpenConns(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 3)
+	db := directUserDB(t, env)
+	db.SetMaxOpenConns(2)
+	db.SetConnMaxLifetime(time.Millisecond) // handles retire often: the opener makes their successors
+	ctx := testCtx(t)
+	const workers, perWorker = 8, 60
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := range perWorker {
+				id := ids[(w+i)%len(ids)]
+				tctx := tenantpg.WithTenant(ctx, id)
+				var user string
+				var err error
+				switch i % 4 {
+				case 0:
+					user, err = queryString(tctx, db, "select current_user")
+				case 1: // a *sql.Conn: the checkout has the tenant, the handle may not yet
+					var conn *sql.Conn
+					if conn, err = db.Conn(tctx); err == nil {
+						user, err = queryString(tctx, conn, "select current_user")
+						conn.Close()
+					}
+				case 3: // pgx-native inside Raw
+					var conn *sql.Conn
+					if conn, err = db.Conn(tctx); err == nil {
+						err = conn.Raw(func(dc any) error {
+							pc, err := dc.(*tenantpg.Conn).ConnContext(tctx)
+							if err != nil {
+								return err
+							}
+							return pc.QueryRow(tctx, "select current_user").Scan(&user)
+						})
+						conn.Close()
+					}
+				case 2:
+					var tx *sql.Tx
+					if tx, err = db.BeginTx(tctx, nil); err == nil {
+						user, err = queryString(tctx, tx, "select current_user")
+						tx.Rollback()
+					}
+				}
+				if err == nil && user != "app."+id {
+					err = fmt.Errorf("worker %d query %d for %s ran as %s", w, i, id, user)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("worker %d query %d for %s: %w", w, i, id, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds := db.Stats()
+	if ds.OpenConnections > 2 || ds.WaitCount == 0 || ds.MaxLifetimeClosed == 0 {
+		t.Fatalf("handles: %d open (cap 2), %d waits, %d retired by lifetime; want at most 2, and waits and retirements (the opener's path)",
+			ds.OpenConnections, ds.WaitCount, ds.MaxLifetimeClosed)
+	}
+}

@@ -42,9 +42,8 @@ func TestNoTenantFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = conn.ExecContext(tenantpg.WithTenant(ctx, "t01"), "select 1")
-	mustErrIs(t, err, tenantpg.ErrNoTenant) // the session was opened without a tenant
-	conn.Close()
+	_, err = conn.ExecContext(ctx, "select 1")
+	mustErrIs(t, err, tenantpg.ErrNoTenant)
 
 	// Ping (gorm.Open, sqlx.Connect) succeeds without opening anything.
 	if err := db.Ping(); err != nil {
@@ -56,6 +55,26 @@ func TestNoTenantFailsClosed(t *testing.T) {
 	}
 	if st.NoTenant == 0 {
 		t.Fatal("tenant-less checkouts not counted")
+	}
+
+	// A session opened without a tenant binds at its first operation whose
+	// context has one, and keeps that tenant's connection.
+	user, err := queryString(tenantpg.WithTenant(ctx, "t01"), conn, "select current_user")
+	if err != nil || user != "app.t01" {
+		conn.Close()
+		t.Fatalf("tenant-less session used with t01: %q, %v; want app.t01", user, err)
+	}
+	if _, err := conn.ExecContext(ctx, "set application_name = 'bound'"); err != nil {
+		conn.Close()
+		t.Fatalf("bound session, context without tenant: %v", err)
+	}
+	name, err := queryString(ctx, conn, "select current_setting('application_name')")
+	conn.Close()
+	if err != nil || name != "bound" {
+		t.Fatalf("bound session lost its connection: %q, %v", name, err)
+	}
+	if after := stats(t, db); after.NoTenant != st.NoTenant-1 {
+		t.Errorf("NoTenant = %d after the session bound, want %d", after.NoTenant, st.NoTenant-1)
 	}
 	// After Close, Ping reports it.
 	db.Close()
