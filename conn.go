@@ -5,9 +5,9 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -34,10 +34,9 @@ import (
 type Conn struct {
 	// The first cache line holds what a checkout and its release touch
 	// (see park.go for why that matters).
-	c   *Connector
-	pc  *pconn       // the tenant's connection; nil when unbound
-	sc  *stdlib.Conn // pc.sc
-	gen uint64       // bindings so far; a stmt prepared under an older one re-prepares
+	c  *Connector
+	pc *pconn       // the tenant's connection; nil when unbound
+	sc *stdlib.Conn // pc.sc
 
 	// The connection this handle held last, which a checkout for the same
 	// tenant claims again without a lookup or a lock while it is parked
@@ -47,9 +46,8 @@ type Conn struct {
 	bare    bool   // pc.bare: see pgxCtx
 	tenant  string // the tenant of the checkout, or of the last one while the handle is idle; "" for none
 
-	err   error    // why binding this checkout failed; every operation returns it
-	stmts []*stmt  // statements prepared on sc
-	_     [24]byte // to a multiple of 64 bytes (layout_test.go)
+	err error    // why binding this checkout failed; every operation returns it
+	_   [56]byte // to a multiple of 64 bytes (layout_test.go)
 }
 
 var (
@@ -129,7 +127,6 @@ func (h *Conn) checkout(ctx context.Context) error {
 func (h *Conn) bind(pc *pconn) {
 	h.pc, h.sc = pc, pc.sc
 	h.bare = pc.bare
-	h.gen++
 }
 
 // pgxCtx returns the context to give pgx for an operation of the checkout
@@ -154,19 +151,11 @@ func (h *Conn) pgxCtx(ctx context.Context, args []driver.NamedValue) context.Con
 	return ctx
 }
 
-// release ends the checkout: statements prepared on the connection are
-// closed (it may serve another handle next) and the connection is parked
-// with its pool.
+// release ends the checkout: the connection is parked with its pool.
 func (h *Conn) release() {
-	// stmts and err sit in the handle's second cache line, which a release
-	// writes only when they hold something (see "Cache lines" in park.go).
+	// err sits in the handle's second cache line, which a release writes
+	// only when it holds something (see "Cache lines" in park.go).
 	if h.sc != nil {
-		if len(h.stmts) > 0 {
-			for _, s := range h.stmts {
-				s.closeInner()
-			}
-			h.stmts = h.stmts[:0]
-		}
 		h.c.park(h.pc)
 		h.pc, h.sc = nil, nil
 	}
@@ -260,12 +249,31 @@ func (h *Conn) Prepare(query string) (driver.Stmt, error) {
 	return h.PrepareContext(context.Background(), query)
 }
 
+// PrepareContext checks query on the checkout's connection (one Parse and
+// Describe of an unnamed statement, which transaction poolers pass) and
+// returns a statement that runs query on whichever connection a later
+// checkout of the handle has, as ExecContext and QueryContext do: in that
+// connection's default_query_exec_mode, so with cache_statement pgx keeps
+// it prepared per connection, and with exec or simple_protocol it works
+// through PgBouncer and Supavisor. It returns query's error from the
+// server, or the checkout's (ErrNoTenant, a *BudgetError, ...).
 func (h *Conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	s := &stmt{h: h, query: query}
-	if _, err := s.inner(ctx); err != nil {
+	sc, err := h.bound(ctx)
+	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	pc := sc.Conn()
+	if pc.IsClosed() {
+		return nil, driver.ErrBadConn
+	}
+	sd, err := pc.Prepare(h.pgxCtx(ctx, nil), "", query)
+	if err != nil {
+		if pgconn.SafeToRetry(err) {
+			return nil, driver.ErrBadConn
+		}
+		return nil, err
+	}
+	return &stmt{h: h, query: query, n: len(sd.ParamOIDs)}, nil
 }
 
 func (h *Conn) Begin() (driver.Tx, error) {
@@ -297,14 +305,14 @@ func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 }
 
 // stmt is a statement prepared through a handle. database/sql keeps it with
-// the handle across checkouts; it is prepared again on the connection of
-// the checkout that uses it, never on one the handle no longer holds.
+// the handle across checkouts and tenants; it holds no server-side state,
+// so each execution runs its query on the connection of the checkout that
+// uses it, never on one the handle no longer holds, and a release has
+// nothing to deallocate.
 type stmt struct {
 	h     *Conn
 	query string
-	si    driver.Stmt // prepared on h.sc during binding gen; nil otherwise
-	gen   uint64
-	n     int // NumInput of the first preparation
+	n     int // parameters, from PrepareContext's Describe
 }
 
 var (
@@ -313,46 +321,8 @@ var (
 	_ driver.StmtQueryContext = (*stmt)(nil)
 )
 
-// inner returns the statement prepared on the handle's current connection.
-func (s *stmt) inner(ctx context.Context) (driver.Stmt, error) {
-	if s.si != nil && s.gen == s.h.gen {
-		return s.si, nil
-	}
-	sc, err := s.h.bound(ctx)
-	if err != nil {
-		return nil, err
-	}
-	si, err := sc.PrepareContext(s.h.pgxCtx(ctx, nil), s.query)
-	if err != nil {
-		return nil, err
-	}
-	if s.si == nil && s.gen == 0 {
-		s.n = si.NumInput()
-	}
-	s.si, s.gen = si, s.h.gen
-	s.h.stmts = append(s.h.stmts, s)
-	return si, nil
-}
-
-// closeInner closes the preparation on the handle's current connection.
-func (s *stmt) closeInner() {
-	if s.si != nil && s.gen == s.h.gen {
-		_ = s.si.Close()
-	}
-	s.si = nil
-}
-
-func (s *stmt) Close() error {
-	if s.si == nil || s.gen != s.h.gen {
-		return nil
-	}
-	if i := slices.Index(s.h.stmts, s); i >= 0 {
-		s.h.stmts = slices.Delete(s.h.stmts, i, i+1)
-	}
-	err := s.si.Close()
-	s.si = nil
-	return err
-}
+// Close has nothing to release: the statement lives on no connection.
+func (s *stmt) Close() error { return nil }
 
 func (s *stmt) NumInput() int { return s.n }
 
@@ -365,17 +335,9 @@ func (s *stmt) Query([]driver.Value) (driver.Rows, error) {
 }
 
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	si, err := s.inner(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return si.(driver.StmtExecContext).ExecContext(s.h.pgxCtx(ctx, args), args)
+	return s.h.ExecContext(ctx, s.query, args)
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	si, err := s.inner(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return si.(driver.StmtQueryContext).QueryContext(s.h.pgxCtx(ctx, args), args)
+	return s.h.QueryContext(ctx, s.query, args)
 }

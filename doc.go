@@ -65,8 +65,8 @@
 // database/sql's idle pool never offers a tenant another tenant's
 // connection, and same-tenant reuse costs what database/sql's own idle reuse
 // costs. Transactions, *sql.Conn sessions, streaming Rows and *sql.Stmt
-// executions (prepared again on each checkout's connection) therefore run on
-// a connection of the tenant whose context opened them. A parked connection
+// executions (run on each checkout's connection) therefore run on a
+// connection of the tenant whose context opened them. A parked connection
 // goes back to pgxpool within a second, so that pgxpool's lifetime, idle-time
 // and health rules apply, and at once when a caller waits in pgxpool for
 // that pool or a budget waiter should get its slot; eviction treats it as
@@ -123,10 +123,12 @@
 // (*Conn).ConnContext rather than Conn.
 //
 // db.Stats() counts handles, not server connections; DBStats counts those.
-// Named prepared statements (db.Prepare, GORM PrepareStmt, sqlx Preparex)
-// need a direct route or a pooler that supports them (PgBouncer 1.21 or
-// later with max_prepared_statements, Supavisor with named prepared
-// statements enabled); each *sql.Stmt execution prepares on the checked-out
+// A *sql.Stmt (db.Prepare, GORM PrepareStmt, sqlx Preparex) keeps no named
+// statement on the server: Prepare checks the query with an unnamed Parse
+// and Describe, and each execution runs the query on its checkout's
+// connection in the DSN's default_query_exec_mode, as a plain query would.
+// It therefore works through transaction poolers, and costs no Prepare or
+// Deallocate per checkout; with cache_statement pgx keeps it prepared per
 // connection.
 //
 // Stats and per-tenant pools are reachable from a *sql.DB with DBStats,

@@ -45,7 +45,7 @@ func (s *session) scan(sc interface{ Scan(...any) error }) error {
 // report.
 type routeSpec struct {
 	name    string
-	bouncer bool     // through PgBouncer 1.18: no named prepared statements, session SETs may move
+	bouncer bool     // through PgBouncer 1.18: session SETs may move
 	params  []string // DSN parameters added to the base URL
 	user    func(tenant string) string
 	db      func(tenant string) string

@@ -15,7 +15,7 @@ import (
 )
 
 // directUserDB routes tenants by login role straight to PostgreSQL, where
-// named prepared statements work.
+// session state stays on one server connection.
 func directUserDB(t *testing.T, env *pgtest.Env, extra ...string) *sql.DB {
 	return open(t, withParams(env.DirectURL(env.AppUser, env.AppDatabase), append([]string{"tenant_user={user}.{tenant}"}, extra...)...))
 }

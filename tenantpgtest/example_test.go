@@ -22,15 +22,14 @@ func ExampleAssertIsolation() {
 			Probe: "select current_user",
 			Want:  func(tenant string) string { return "app." + tenant },
 		})
-		t.Log(rep) // 3 tenants, 6 paths, 3 rounds: 46 operations
+		t.Log(rep) // 3 tenants, 7 paths, 3 rounds: 55 operations
 	}
 	_ = TestTenantIsolation
 }
 
 // Row-level security: the probe asks whose rows the session sees, and the
 // identities are learned from a first probe per tenant (Want is nil): no two
-// tenants may share one, and every later answer must equal it. PathStmt adds
-// a *sql.Stmt shared by all tenants, for direct connections.
+// tenants may share one, and every later answer must equal it.
 func ExampleCheck() {
 	TestRLSIsolation := func(t *testing.T) {
 		db, err := sql.Open("tenantpg", os.Getenv("DATABASE_URL")+"?tenant_setting=app.tenant_id")
@@ -40,7 +39,6 @@ func ExampleCheck() {
 		defer db.Close()
 		rep, err := tenantpgtest.Check(t.Context(), db, []string{"acme", "globex"}, tenantpgtest.Config{
 			Probe:   "select coalesce(string_agg(distinct tenant_id, ','), '') from documents",
-			Paths:   append([]tenantpgtest.Path{tenantpgtest.PathStmt}, tenantpgtest.DefaultPaths...),
 			Workers: 16,
 			Rounds:  10,
 		})

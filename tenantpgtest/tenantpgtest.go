@@ -29,9 +29,7 @@
 //	}
 //
 // The checks need PostgreSQL (savepoints, pg_sleep); they work through
-// transaction poolers too, except PathStmt, which needs named prepared
-// statements (a direct connection, PgBouncer 1.21+ with
-// max_prepared_statements, Supavisor with them enabled).
+// transaction poolers too.
 package tenantpgtest
 
 import (
@@ -70,17 +68,15 @@ const (
 	// probe for the same tenant.
 	PathCancel Path = "cancel"
 	// PathStmt prepares the probe once and executes that *sql.Stmt for
-	// every tenant. It needs named prepared statements, so it is not in
-	// DefaultPaths.
+	// every tenant.
 	PathStmt Path = "stmt"
 	// PathNoTenant runs the probe with a context that carries no tenant; it
 	// must fail with tenantpg.ErrNoTenant. It runs once per check.
 	PathNoTenant Path = "no-tenant"
 )
 
-// DefaultPaths are the paths a Config without Paths exercises: all but
-// PathStmt.
-var DefaultPaths = []Path{PathQuery, PathTx, PathConn, PathRows, PathCancel, PathNoTenant}
+// DefaultPaths are the paths a Config without Paths exercises: all of them.
+var DefaultPaths = []Path{PathQuery, PathTx, PathConn, PathRows, PathCancel, PathStmt, PathNoTenant}
 
 // Config says how to recognise a tenant's session and how hard to look.
 type Config struct {
@@ -259,7 +255,7 @@ func Check(ctx context.Context, db *sql.DB, tenants []string, cfg Config) (*Repo
 	if slices.Contains(paths, PathStmt) {
 		stmt, err := db.PrepareContext(with(ctx, tenants[0]), cfg.Probe)
 		if err != nil {
-			return c.rep, fmt.Errorf("tenantpgtest: preparing the probe for PathStmt (it needs named prepared statements): %w", err)
+			return c.rep, fmt.Errorf("tenantpgtest: preparing the probe for PathStmt: %w", err)
 		}
 		defer stmt.Close()
 		c.stmt = stmt

@@ -71,14 +71,13 @@ func TestAssertIsolationPasses(t *testing.T) {
 			cfg:  tenantpgtest.Config{Probe: "select current_database()"},
 		},
 		{
-			name: "direct schema and RLS setting, shared statement",
+			name: "direct schema and RLS setting",
 			dsn:  withParams(env.DirectURL(env.AppUser, env.AppDatabase), "tenant_schema={tenant}", "tenant_setting=app.tenant_id"),
 			cfg: tenantpgtest.Config{
 				// Whose rows the session sees: the RLS table and the
 				// schema's table.
 				Probe: "select (select string_agg(distinct tenant_id, ',') from public.docs) || '/' || (select string_agg(distinct tenant, ',') from items)",
 				Want:  func(t string) string { return t + "/" + t },
-				Paths: append([]tenantpgtest.Path{tenantpgtest.PathStmt}, tenantpgtest.DefaultPaths...),
 			},
 		},
 	} {
@@ -192,7 +191,6 @@ func TestAssertIsolationCatchesMisrouting(t *testing.T) {
 	defer db.Close()
 	rep, err := tenantpgtest.Check(context.Background(), db, ids, tenantpgtest.Config{
 		Probe: "select current_user", Want: func(t string) string { return "app." + t }, Rounds: 2,
-		Paths: append([]tenantpgtest.Path{tenantpgtest.PathStmt}, tenantpgtest.DefaultPaths...),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,6 @@
 //   - Direct, row-level security: tenant_setting=app.tenant_id.
 //
 // Prepared-statement modes (GORM PrepareStmt, sqlx Preparex/PrepareNamed)
-// run on direct routes only: PgBouncer 1.18 in transaction mode has no named
-// prepared statements.
+// run on every route, PgBouncer 1.18 in transaction mode included: tenantpg's
+// *sql.Stmt keeps no named statement on the server.
 package orm

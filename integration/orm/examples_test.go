@@ -46,7 +46,7 @@ func Example_gorm() {
 }
 
 func Example_gormPrepareStmt() {
-	// Direct to PostgreSQL only: PrepareStmt uses named prepared statements.
+	// Any route: tenantpg's *sql.Stmt keeps no named statement on the server.
 	sqlDB, err := sql.Open("tenantpg", "postgres://app:secret@db.internal:5432/app?tenant_schema={tenant}")
 	if err != nil {
 		log.Fatal(err)

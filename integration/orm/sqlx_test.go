@@ -202,14 +202,29 @@ func TestSqlxBindvars(t *testing.T) {
 	}
 }
 
-// TestSqlxPreparedDirectSchema runs sqlx's prepared statements on the
-// direct schema route: one *sqlx.Stmt and one *sqlx.NamedStmt, prepared
-// under one tenant, serve all tenants at once, each on its own connection.
-func TestSqlxPreparedDirectSchema(t *testing.T) {
+// TestSqlxPrepared runs sqlx's prepared statements on the direct schema
+// route and through PgBouncer 1.18 in transaction mode (a database alias
+// per tenant): one *sqlx.Stmt and one *sqlx.NamedStmt, prepared under one
+// tenant, serve all tenants at once, each on its own connection.
+func TestSqlxPrepared(t *testing.T) {
 	env := pgtest.Shared(t)
 	ids := provision(t, env)
+	for _, route := range []struct {
+		name, dsn, whereQuery string
+	}{
+		{"direct schema", directSchemaDSN(env), "select current_schema()"},
+		{"PgBouncer alias", bouncerDatabaseDSN(env), "select current_database()"},
+	} {
+		t.Run(route.name, func(t *testing.T) {
+			sqlxPrepared(t, ids, openDB(t, route.dsn), route.whereQuery)
+		})
+	}
+}
+
+// sqlxPrepared is TestSqlxPrepared on one route; whereQuery returns the
+// tenant's name.
+func sqlxPrepared(t *testing.T, ids []string, sqlDB *sql.DB, whereQuery string) {
 	ctx := testCtx(t)
-	sqlDB := openDB(t, directSchemaDSN(env))
 	x := sqlx.NewDb(sqlDB, "tenantpg")
 
 	first := tenantpg.WithTenant(ctx, ids[0])
@@ -263,9 +278,9 @@ func TestSqlxPreparedDirectSchema(t *testing.T) {
 				return err
 			}
 		}
-		var schema string
-		if err := x.QueryRowxContext(ctx, "select current_schema()").Scan(&schema); err != nil || schema != tenant {
-			return fmt.Errorf("schema %q, %v", schema, err)
+		var where string
+		if err := x.QueryRowxContext(ctx, whereQuery).Scan(&where); err != nil || where != tenant {
+			return fmt.Errorf("%s: %q, %v", whereQuery, where, err)
 		}
 		return nil
 	})

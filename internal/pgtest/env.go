@@ -247,7 +247,7 @@ func (e *Env) DirectURL(user, database string) string {
 
 // BouncerURL is like DirectURL but connects through PgBouncer. pgx
 // connections through it should use default_query_exec_mode=simple_protocol
-// (or exec): PgBouncer 1.18 does not support prepared statements in
+// (or exec): PgBouncer 1.18 does not support named prepared statements in
 // transaction mode.
 func (e *Env) BouncerURL(user, database string) string {
 	return buildURL(e.BouncerHost, e.BouncerPort, user, e.pg.password(user), database)
