@@ -22,11 +22,12 @@ import (
 //
 // A checkout without a tenant leaves the handle unbound until an operation
 // whose context has a tenant binds it to that tenant for the rest of the
-// checkout. database/sql needs this with SetMaxOpenConns: it opens handles
-// for queued callers in the background, with a context of its own, and
-// hands them over without ResetSession. Unbound, Ping succeeds while the
-// connector is open (or pings tenant_ping's pool when configured) and every
-// other operation fails with ErrNoTenant.
+// checkout; its later operations whose context names another tenant fail
+// with ErrSessionTenant. database/sql needs this with SetMaxOpenConns: it
+// opens handles for queued callers in the background, with a context of its
+// own, and hands them over without ResetSession. Unbound, Ping succeeds
+// while the connector is open (or pings tenant_ping's pool when configured)
+// and every other operation fails with ErrNoTenant.
 //
 // Reach the pgx connection with (*sql.Conn).Raw:
 //
@@ -44,6 +45,8 @@ type Conn struct {
 	last    *pconn
 	lastGen uint32
 	bare    bool   // pc.bare: see pgxCtx
+	unbound bool   // the checkout had no tenant and no operation has bound it (counted in Stats.NoTenant at release)
+	late    bool   // the checkout had no tenant and its first operation bound it: see bound
 	tenant  string // the tenant of the checkout, or of the last one while the handle is idle; "" for none
 
 	err error    // why binding this checkout failed; every operation returns it
@@ -97,7 +100,7 @@ func (h *Conn) checkout(ctx context.Context) error {
 	tenant, ok := TenantFromContext(ctx)
 	if !ok {
 		h.tenant, h.last = "", nil
-		h.c.noTenant.Add(1)
+		h.unbound = true
 		return nil
 	}
 	if pc := h.last; pc != nil && h.tenant == tenant && pc.claim() {
@@ -158,6 +161,12 @@ func (h *Conn) release() {
 	if h.sc != nil {
 		h.c.park(h.pc)
 		h.pc, h.sc = nil, nil
+		if h.late {
+			h.late = false
+		}
+	} else if h.unbound {
+		h.unbound = false
+		h.c.noTenant.Add(1)
 	}
 	if h.err != nil {
 		h.err = nil
@@ -166,10 +175,16 @@ func (h *Conn) release() {
 
 // bound returns the checkout's connection for an operation under ctx, or
 // the reason there is none. A checkout without a tenant binds here to the
-// tenant of ctx, if it has one (see Conn).
+// tenant of ctx, if it has one, and is then late: its tenant was chosen by
+// this operation, so operations for another tenant fail (see Conn).
 func (h *Conn) bound(ctx context.Context) (*stdlib.Conn, error) {
 	switch {
 	case h.sc != nil:
+		if h.late {
+			if t, ok := TenantFromContext(ctx); ok && t != h.tenant {
+				return nil, fmt.Errorf("%w: %q, not %q (the session had no tenant until its first operation)", ErrSessionTenant, h.tenant, t)
+			}
+		}
 		return h.sc, nil
 	case h.err != nil:
 		return nil, h.err
@@ -177,10 +192,12 @@ func (h *Conn) bound(ctx context.Context) (*stdlib.Conn, error) {
 		return nil, ErrClosed
 	}
 	if _, ok := TenantFromContext(ctx); ok {
-		h.c.noTenant.Add(-1) // counted by the checkout, which binds after all
-		if err := h.checkout(ctx); err != nil {
+		h.unbound = false
+		err := h.checkout(ctx)
+		if err != nil {
 			return nil, err
 		}
+		h.late = true
 		return h.sc, nil
 	}
 	return nil, ErrNoTenant
@@ -266,11 +283,15 @@ func (h *Conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if pc.IsClosed() {
 		return nil, driver.ErrBadConn
 	}
-	sd, err := pc.Prepare(h.pgxCtx(ctx, nil), "", query)
+	var sd *pgconn.StatementDescription
+	if query == "" {
+		// pgx's Prepare takes name == sql to mean "name it after the SQL"
+		// and would leave a named statement on the server.
+		sd, err = pc.PgConn().Prepare(h.pgxCtx(ctx, nil), "", query, nil)
+	} else {
+		sd, err = pc.Prepare(h.pgxCtx(ctx, nil), "", query)
+	}
 	if err != nil {
-		if pgconn.SafeToRetry(err) {
-			return nil, driver.ErrBadConn
-		}
 		return nil, err
 	}
 	return &stmt{h: h, query: query, n: len(sd.ParamOIDs)}, nil

@@ -40,7 +40,7 @@ type Connector struct {
 	reaperWG  sync.WaitGroup
 	closers   sync.WaitGroup // pools the reaper is closing
 
-	noTenant   atomic.Int64 // checkouts without tenant (handles left unbound)
+	noTenant   atomic.Int64 // checkouts that ended unbound (Conn.release)
 	rejections atomic.Int64 // tenants rejected by the server (not counting cached repeats)
 	_          [40]byte     // to a multiple of 64 bytes (layout_test.go)
 }

@@ -83,7 +83,8 @@
 // ping makes them fail: a tenant-less Ping only checks that the connector is
 // open, or, with tenant_ping, pings that tenant's pool. A *sql.Conn opened
 // without a tenant binds to the tenant of its first operation that has one
-// and keeps that tenant's connection.
+// and keeps that tenant's connection; its operations for another tenant
+// fail with ErrSessionTenant.
 //
 // Tenant ids are validated before any network I/O: they must match the
 // pattern, be valid UTF-8 without NUL, and every rewritten user, database and
@@ -133,5 +134,5 @@
 //
 // Stats and per-tenant pools are reachable from a *sql.DB with DBStats,
 // ConnectorOf and Pool; inside (*sql.Conn).Raw the driver connection is a
-// *Conn, whose Conn method returns the tenant's *pgx.Conn.
+// *Conn, whose ConnContext method returns the tenant's *pgx.Conn.
 package tenantpg

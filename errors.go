@@ -35,6 +35,14 @@ var ErrTenantRejected = errors.New("tenantpg: tenant rejected by server")
 // not the tenant's target.
 var ErrIdentityMismatch = errors.New("tenantpg: connection identity does not match tenant")
 
+// ErrSessionTenant is returned by an operation of a checkout that was
+// opened without a tenant and bound to one by its first operation (see
+// Conn) when the operation's context names another tenant: which tenant
+// such a session belongs to is decided by its first use, so it refuses to
+// run anyone else's statements rather than run them on that tenant's
+// connection.
+var ErrSessionTenant = errors.New("tenantpg: session is bound to another tenant")
+
 // ErrClosed is returned by operations on a closed Connector or *sql.DB.
 var ErrClosed = errors.New("tenantpg: connector is closed")
 

@@ -29,7 +29,7 @@ type Stats struct {
 	PoolsReaped  int64 // pools closed after tenant_pool_idle
 	Rejected     int   // tenants in the negative cache now
 	Rejections   int64 // tenants rejected by the server so far (cached repeats not counted)
-	NoTenant     int64 // checkouts without a tenant that no operation bound to one (answered without a connection)
+	NoTenant     int64 // checkouts that ended without a tenant: none in their context and no operation bound one (counted at release)
 	Pools        []PoolStats
 }
 

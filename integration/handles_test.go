@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 	"weak"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
@@ -454,9 +456,56 @@ func TestSetMaxOpenConns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ds := db.Stats()
-	if ds.OpenConnections > 2 || ds.WaitCount == 0 || ds.MaxLifetimeClosed == 0 {
-		t.Fatalf("handles: %d open (cap 2), %d waits, %d retired by lifetime; want at most 2, and waits and retirements (the opener's path)",
-			ds.OpenConnections, ds.WaitCount, ds.MaxLifetimeClosed)
+	if ds := db.Stats(); ds.WaitCount == 0 || ds.MaxLifetimeClosed == 0 {
+		t.Fatalf("handles: %d waits, %d retired by lifetime; want both (the opener's path)", ds.WaitCount, ds.MaxLifetimeClosed)
+	}
+	// Every connection came back: parked or in pgxpool, none checked out.
+	for _, p := range stats(t, db).Pools {
+		if int(p.Pool.AcquiredConns()) != p.Parked {
+			t.Errorf("%v: %d acquired from pgxpool, %d parked: a checkout kept a connection", p.Tenants, p.Pool.AcquiredConns(), p.Parked)
+		}
+	}
+}
+
+// TestStmtPrepareChecksQuery: a *sql.Stmt keeps nothing on the server, but
+// Prepare still checks the query on the tenant's connection (a syntax error
+// fails there), NumInput still makes database/sql count arguments, and an
+// empty query can be prepared twice on one connection, directly and
+// through PgBouncer 1.18 in transaction mode.
+func TestStmtPrepareChecksQuery(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := tenants(t, env, 1)
+	for name, base := range map[string]string{
+		"direct":    env.DirectURL(env.AppUser, env.AppDatabase),
+		"PgBouncer": env.BouncerURL(env.AppUser, env.AppDatabase),
+	} {
+		t.Run(name, func(t *testing.T) {
+			db := open(t, withParams(base, "tenant_user={user}.{tenant}", "pool_max_conns=1"))
+			ctx := tenantpg.WithTenant(testCtx(t), ids[0])
+			_, err := db.PrepareContext(ctx, "selec 1")
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "42601" {
+				t.Fatalf("Prepare of a syntax error: %v, want SQLSTATE 42601", err)
+			}
+			st, err := db.PrepareContext(ctx, "select $1::int + $2::int")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if _, err := st.ExecContext(ctx, 1); err == nil || !strings.Contains(err.Error(), "expected 2 arguments, got 1") {
+				t.Fatalf("one argument for two: %v, want database/sql's argument count error", err)
+			}
+			var n int
+			if err := st.QueryRowContext(ctx, 2, 3).Scan(&n); err != nil || n != 5 {
+				t.Fatalf("2 + 3 = %d, %v", n, err)
+			}
+			for i := range 2 { // one connection: the second would collide with a named statement the first left
+				e, err := db.PrepareContext(ctx, "")
+				if err != nil {
+					t.Fatalf("empty query, preparation %d: %v", i+1, err)
+				}
+				e.Close()
+			}
+		})
 	}
 }

@@ -22,7 +22,7 @@ func directUserDB(t *testing.T, env *pgtest.Env, extra ...string) *sql.DB {
 
 func TestNoTenantFailsClosed(t *testing.T) {
 	env := pgtest.Shared(t)
-	tenants(t, env, 1)
+	tenants(t, env, 2)
 	db := directUserDB(t, env)
 	ctx := testCtx(t)
 
@@ -58,7 +58,8 @@ func TestNoTenantFailsClosed(t *testing.T) {
 	}
 
 	// A session opened without a tenant binds at its first operation whose
-	// context has one, and keeps that tenant's connection.
+	// context has one, keeps that tenant's connection, and refuses another
+	// tenant's statements: its first use chose whose session it is.
 	user, err := queryString(tenantpg.WithTenant(ctx, "t01"), conn, "select current_user")
 	if err != nil || user != "app.t01" {
 		conn.Close()
@@ -68,13 +69,19 @@ func TestNoTenantFailsClosed(t *testing.T) {
 		conn.Close()
 		t.Fatalf("bound session, context without tenant: %v", err)
 	}
-	name, err := queryString(ctx, conn, "select current_setting('application_name')")
+	_, err = queryString(tenantpg.WithTenant(ctx, "t02"), conn, "select current_user")
+	if !errors.Is(err, tenantpg.ErrSessionTenant) {
+		conn.Close()
+		t.Fatalf("session bound to t01, statement for t02: %v, want ErrSessionTenant", err)
+	}
+	name, err := queryString(tenantpg.WithTenant(ctx, "t01"), conn, "select current_setting('application_name')")
 	conn.Close()
 	if err != nil || name != "bound" {
 		t.Fatalf("bound session lost its connection: %q, %v", name, err)
 	}
-	if after := stats(t, db); after.NoTenant != st.NoTenant-1 {
-		t.Errorf("NoTenant = %d after the session bound, want %d", after.NoTenant, st.NoTenant-1)
+	// NoTenant counts checkouts that ended unbound, and never goes down.
+	if after := stats(t, db); after.NoTenant != st.NoTenant {
+		t.Errorf("NoTenant = %d after a session that bound, want %d", after.NoTenant, st.NoTenant)
 	}
 	// After Close, Ping reports it.
 	db.Close()

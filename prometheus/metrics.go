@@ -126,7 +126,7 @@ var globalMetrics = []globalMetric{
 		prometheus.CounterValue, func(s *tenantpg.Stats) float64 { return float64(s.PoolsReaped) }},
 	{"tenantpg_rejected_tenants", "Tenants the server or pooler rejected, failing fast from the negative cache now.",
 		prometheus.GaugeValue, func(s *tenantpg.Stats) float64 { return float64(s.Rejected) }},
-	{"tenantpg_no_tenant_checkouts_total", "Checkouts whose context carried no tenant (answered without a connection).",
+	{"tenantpg_no_tenant_checkouts_total", "Checkouts that ended without a tenant: none in their context and no statement bound one (answered without a connection).",
 		prometheus.CounterValue, func(s *tenantpg.Stats) float64 { return float64(s.NoTenant) }},
 }
 
