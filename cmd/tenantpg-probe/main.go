@@ -1,15 +1,21 @@
 //go:build unix
 
-// Command tenantpg-probe measures tenantpg's one-tenant overhead against
-// stdlib.OpenDB more finely than tenantpg-bench: many interleaved rounds of
+// Command tenantpg-probe measures tenantpg's overhead against database/sql
+// alternatives more finely than tenantpg-bench: many interleaved rounds of
 // two to four contenders, the median of per-round throughput ratios with
-// its quartiles, and the client CPU per query (getrusage), which shows
-// costs that throughput hides in noise. With -checkout it runs db.Conn and
-// Close without a query, which isolates the checkout path. Run it several
-// times: which server backend and core a connection gets is drawn once per
-// process and moves one process's ratio by about ±1%.
+// its quartiles, and the client CPU and allocations per query (getrusage,
+// runtime.MemStats), which show costs that throughput hides in noise.
+//
+// By default it compares one tenant against stdlib.OpenDB; with -checkout
+// it runs db.Conn and Close without a query, which isolates the checkout
+// path. With -tenants N it queries a random one of N tenants per query
+// (the setting route, pool_max_conns=2) against a map of one *sql.DB per
+// tenant, as section 2 of tenantpg-bench does. Run it several times: which
+// server backend and core a connection gets is drawn once per process and
+// moves one process's ratio by about ±1%.
 //
 //	go run ./cmd/tenantpg-probe -workers 8 -rounds 20
+//	go run ./cmd/tenantpg-probe -tenants 60
 package main
 
 import (
@@ -19,6 +25,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -32,10 +39,10 @@ import (
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
 
+// contender is one approach: op runs its i-th operation of a worker.
 type contender struct {
 	name string
-	db   *sql.DB
-	ctx  context.Context
+	op   func(i int) error
 }
 
 func main() {
@@ -44,70 +51,199 @@ func main() {
 	dur := flag.Duration("duration", time.Second, "one contender's run in a round")
 	checkout := flag.Bool("checkout", false, "db.Conn and Close only, no query")
 	all := flag.Bool("all", false, "also stdlib.OpenDB queried with tenantpg's context, and OpenDBFromPool keeping its connections")
+	tenants := flag.Int("tenants", 0, "if > 0: a random one of that many tenants per query, tenantpg against a map of *sql.DB (PostgreSQL's max_connections of 300 allows up to 70)")
 	flag.Parse()
-	if err := run(*workers, *rounds, *dur, *checkout, *all); err != nil {
+	ctx := context.Background()
+	env, err := pgtest.Start(ctx, pgtest.Options{Tenants: []string{"t01"}, PoolSize: 20})
+	if err == nil {
+		defer env.Close()
+		var cs []contender
+		var done func()
+		if *tenants > 0 {
+			cs, done, err = manyTenants(ctx, env, *tenants)
+		} else {
+			cs, done, err = oneTenant(ctx, env, *checkout, *all)
+		}
+		if err == nil {
+			defer done()
+			err = compare(cs, *workers, *rounds, *dur)
+		}
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "tenantpg-probe:", err)
 		os.Exit(1)
 	}
 }
 
-func run(workers, rounds int, dur time.Duration, checkout, all bool) error {
-	ctx := context.Background()
-	env, err := pgtest.Start(ctx, pgtest.Options{Tenants: []string{"t01"}, PoolSize: 20})
-	if err != nil {
-		return err
-	}
-	defer env.Close()
+// oneTenant returns tenantpg and stdlib.OpenDB (and with all, two more)
+// querying tenant t01, or only checking out with checkout.
+func oneTenant(ctx context.Context, env *pgtest.Env, checkout, all bool) ([]contender, func(), error) {
 	// The URL has ?sslmode=disable. pool_max_conns is for pools only: pgx
 	// would send it to the server as a setting.
 	direct := env.DirectURL(env.AppUser, env.AppDatabase) + "&default_query_exec_mode=cache_statement"
 	base := direct + "&pool_max_conns=8"
 	cfg, err := tenantpg.ParseConfig(base + "&tenant_user={user}.{tenant}")
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	tp, err := tenantpg.OpenDB(cfg)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer tp.Close()
 	cc, err := pgx.ParseConfig(direct + "&user=app.t01")
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	sdb := stdlib.OpenDB(*cc)
 	sdb.SetMaxOpenConns(8)
 	sdb.SetMaxIdleConns(8)
-	defer sdb.Close()
+	dbs := []*sql.DB{tp, sdb}
+	done := func() {
+		for _, db := range dbs {
+			db.Close()
+		}
+	}
 	tctx := tenantpg.WithTenant(ctx, "t01")
-	cs := []contender{{"stdlib.OpenDB", sdb, ctx}, {"tenantpg", tp, tctx}}
+	cs := []contender{oneOp("stdlib.OpenDB", sdb, ctx, checkout), oneOp("tenantpg", tp, tctx, checkout)}
 	if all {
 		pool, err := pgxpool.New(ctx, base+"&user=app.t01")
 		if err != nil {
-			return err
+			done()
+			return nil, nil, err
 		}
 		fdb := stdlib.OpenDBFromPool(pool)
 		fdb.SetMaxOpenConns(8)
 		fdb.SetMaxIdleConns(8)
-		defer fdb.Close()
-		cs = append(cs, contender{"stdlib.OpenDB, tenant ctx", sdb, tctx}, contender{"OpenDBFromPool, kept", fdb, ctx})
+		dbs = append(dbs, fdb)
+		cs = append(cs, oneOp("stdlib.OpenDB, tenant ctx", sdb, tctx, checkout), oneOp("OpenDBFromPool, kept", fdb, ctx, checkout))
 	}
+	return cs, done, nil
+}
+
+// oneOp runs select $1::int on db under ctx, or with checkout db.Conn and
+// Close without a query.
+func oneOp(name string, db *sql.DB, ctx context.Context, checkout bool) contender {
+	if checkout {
+		return contender{name, func(int) error {
+			conn, err := db.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			return conn.Close()
+		}}
+	}
+	return contender{name, func(i int) error {
+		var n int
+		if err := db.QueryRowContext(ctx, "select $1::int", i).Scan(&n); err != nil {
+			return err
+		}
+		if n != i {
+			return fmt.Errorf("select $1 returned %d for %d", n, i)
+		}
+		return nil
+	}}
+}
+
+// manyTenants returns a map of one *sql.DB per tenant and tenantpg, each
+// querying a random one of n tenants per operation with at most two
+// connections per tenant, warmed to two connections per tenant.
+func manyTenants(ctx context.Context, env *pgtest.Env, n int) ([]contender, func(), error) {
+	direct := env.DirectURL(env.AppUser, env.AppDatabase)
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("x%05d", i)
+	}
+	cfg, err := tenantpg.ParseConfig(direct + "&pool_max_conns=2&tenant_setting=app.tenant_id")
+	if err != nil {
+		return nil, nil, err
+	}
+	tp, err := tenantpg.OpenDB(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	base, err := pgx.ParseConfig(direct)
+	if err != nil {
+		tp.Close()
+		return nil, nil, err
+	}
+	dbs := map[string]*sql.DB{}
+	done := func() {
+		tp.Close()
+		for _, db := range dbs {
+			db.Close()
+		}
+	}
+	for _, id := range ids {
+		cc := base.Copy()
+		cc.RuntimeParams["app.tenant_id"] = id
+		db := stdlib.OpenDB(*cc)
+		db.SetMaxOpenConns(2)
+		db.SetMaxIdleConns(2)
+		dbs[id] = db
+	}
+	check := func(ctx context.Context, db *sql.DB, t string) error {
+		var got string
+		if err := db.QueryRowContext(ctx, "select current_setting('app.tenant_id')").Scan(&got); err != nil {
+			return err
+		}
+		if got != t {
+			return fmt.Errorf("tenant %s got setting %q", t, got)
+		}
+		return nil
+	}
+	// Two connections per tenant for each, as a steady load would open.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, t := range ids {
+		for range 2 {
+			for _, warm := range []func() error{
+				func() error { _, err := dbs[t].ExecContext(ctx, "select pg_sleep(0.05)"); return err },
+				func() error {
+					_, err := tp.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
+					return err
+				},
+			} {
+				sem <- struct{}{}
+				wg.Go(func() {
+					defer func() { <-sem }()
+					_ = warm() // a failure shows in the measured rounds
+				})
+			}
+		}
+	}
+	wg.Wait()
+	pick := func() string { return ids[rand.IntN(len(ids))] }
+	return []contender{
+		{"map of *sql.DB", func(int) error { t := pick(); return check(ctx, dbs[t], t) }},
+		{"tenantpg", func(int) error { t := pick(); return check(tenantpg.WithTenant(ctx, t), tp, t) }},
+	}, done, nil
+}
+
+// compare runs the contenders in rounds, each round in shuffled order
+// after a short warm-up, and prints each contender's median ratio of
+// throughput, client CPU and allocations per operation to the first one's.
+func compare(cs []contender, workers, rounds int, dur time.Duration) error {
 	tput := make(map[string][]float64)
 	cpu := make(map[string][]float64)
+	allocs := make(map[string][]float64)
 	order := slices.Clone(cs)
 	for range rounds {
 		rand.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 		for _, c := range order {
-			if _, _, err := measure(c, workers, dur/10, checkout); err != nil { // warm-up
+			if _, _, err := measure(c, workers, dur/10); err != nil { // warm-up
 				return err
 			}
+			var m0, m1 runtime.MemStats
+			runtime.ReadMemStats(&m0)
 			c0 := cpuTime()
-			n, el, err := measure(c, workers, dur, checkout)
+			n, el, err := measure(c, workers, dur)
 			if err != nil {
 				return err
 			}
-			tput[c.name] = append(tput[c.name], float64(n)/el.Seconds())
 			cpu[c.name] = append(cpu[c.name], float64(cpuTime()-c0)/float64(n))
+			runtime.ReadMemStats(&m1)
+			tput[c.name] = append(tput[c.name], float64(n)/el.Seconds())
+			allocs[c.name] = append(allocs[c.name], float64(m1.Mallocs-m0.Mallocs)/float64(n))
 		}
 	}
 	base0 := cs[0].name
@@ -119,14 +255,15 @@ func run(workers, rounds int, dur time.Duration, checkout, all bool) error {
 		}
 		slices.Sort(r)
 		slices.Sort(cr)
-		fmt.Printf("%-26s %.4f of %s (quartiles %.4f-%.4f), client CPU per op %.4fx, %.0f ops/s\n",
-			c.name, r[len(r)/2], base0, r[len(r)/4], r[3*len(r)/4], cr[len(cr)/2], median(tput[c.name]))
+		fmt.Printf("%-26s %.4f of %s (quartiles %.4f-%.4f), client CPU per op %.4fx (%.1f µs), %.1f allocs/op, %.0f ops/s\n",
+			c.name, r[len(r)/2], base0, r[len(r)/4], r[3*len(r)/4], cr[len(cr)/2],
+			median(cpu[c.name])/1e3, median(allocs[c.name]), median(tput[c.name]))
 	}
 	return nil
 }
 
 // measure runs workers goroutines for d and returns the operations done.
-func measure(c contender, workers int, d time.Duration, checkout bool) (int64, time.Duration, error) {
+func measure(c contender, workers int, d time.Duration) (int64, time.Duration, error) {
 	var ops atomic.Int64
 	var firstErr atomic.Value
 	stop := time.Now().Add(d)
@@ -135,7 +272,7 @@ func measure(c contender, workers int, d time.Duration, checkout bool) (int64, t
 	for range workers {
 		wg.Go(func() {
 			for i := 0; time.Now().Before(stop); i++ {
-				if err := op(c, i, checkout); err != nil {
+				if err := c.op(i); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
@@ -148,24 +285,6 @@ func measure(c contender, workers int, d time.Duration, checkout bool) (int64, t
 		return 0, 0, fmt.Errorf("%s: %w", c.name, err)
 	}
 	return ops.Load(), time.Since(start), nil
-}
-
-func op(c contender, i int, checkout bool) error {
-	if checkout {
-		conn, err := c.db.Conn(c.ctx)
-		if err != nil {
-			return err
-		}
-		return conn.Close()
-	}
-	var n int
-	if err := c.db.QueryRowContext(c.ctx, "select $1::int", i).Scan(&n); err != nil {
-		return err
-	}
-	if n != i {
-		return fmt.Errorf("select $1 returned %d for %d", n, i)
-	}
-	return nil
 }
 
 // cpuTime returns the process's user and system CPU time in nanoseconds.
