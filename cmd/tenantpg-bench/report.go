@@ -192,7 +192,18 @@ no lock, no tenant lookup, no clock read. A checkout costs what
   each, tenantpg and tenantpg (sql.Open) averaged 0.98x the map of
   ` + "`*sql.DB`" + ` before and after (single figures 0.96-1.01x). Section 6 runs its
   contenders one after another, not interleaved, and moves by about ±10%
-  between runs at 1 and 10 tenants.
+  between runs at 1 and 10 tenants. Since session 6
+  ` + "`tenantpg-probe -tenants 60`" + ` measures this case finely (60 tenants: the
+  server's 300 connections hold two per tenant for two contenders): over 6
+  processes of 10 rounds, 0.957-0.991x the map (median 0.970x),
+  client CPU per query 1.03-1.09x (median 1.05x, about 1.8 µs more), 17
+  allocations per query against 16 (the tenant context). The client-CPU
+  excess is larger than one tenant's (1.037x): a CPU profile of 20 s per
+  contender puts tenantpg's own lookup and claim (` + "`acquire`" + `, mostly the
+  ` + "`sync.Map`" + ` load) at about 3% of tenantpg's client CPU, and spreads the
+  rest over database/sql, pgx and the runtime alike, which points at cache
+  misses rather than one function; one 60-s profile pair measured equal CPU
+  per query, so even that is near this machine's resolution.
 - Before handles a checkout cost 3.4 µs and 13 allocations and one tenant
   measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `; the first handle version 0.94-1.03x.
 
