@@ -339,14 +339,6 @@ func (e *poolEntry) release(pc *pconn) {
 	e.handOn(pc)
 }
 
-// acquiringNow returns how many checkouts of e are inside pgxpool's Acquire
-// or waiting for a connection another checkout gives back.
-func (e *poolEntry) acquiringNow() int {
-	e.parkMu.Lock()
-	defer e.parkMu.Unlock()
-	return e.acquiring + len(e.waiters)
-}
-
 // parkedLen returns how many connections e has parked.
 func (e *poolEntry) parkedLen() int {
 	n := 0
@@ -358,17 +350,19 @@ func (e *poolEntry) parkedLen() int {
 	return n
 }
 
-// checkoutCount returns how many checkouts e's connections served.
-func (e *poolEntry) checkoutCount() int64 {
+// checkoutStats returns how many checkouts e's connections served and how
+// many checkouts of e are inside pgxpool's Acquire or waiting for a
+// connection another checkout gives back, under one lock.
+func (e *poolEntry) checkoutStats() (served int64, acquiring int) {
 	e.parkMu.Lock()
 	defer e.parkMu.Unlock()
-	n := e.gone
+	served = e.gone
 	for i := range e.slots {
 		if pc := e.slots[i].Load(); pc != nil {
-			n += pc.uses.Load()
+			served += pc.uses.Load()
 		}
 	}
-	return n
+	return served, e.acquiring + len(e.waiters)
 }
 
 // unpark gives the connections parked at or before cutoff (a coarse clock

@@ -81,13 +81,14 @@ func (c *Connector) Stats() Stats {
 		NoTenant:     c.noTenant.Load(),
 	}
 	for _, s := range c.set.entries() {
+		served, acquiring := s.e.checkoutStats()
 		st.Pools = append(st.Pools, PoolStats{
 			Target:     s.e.target,
 			Tenants:    s.tenants,
 			OpenConns:  int(s.e.open.Load()),
 			Parked:     s.e.parkedLen(),
-			Checkouts:  s.e.checkoutCount(),
-			Acquiring:  s.e.acquiringNow(),
+			Checkouts:  served,
+			Acquiring:  acquiring,
 			Dials:      s.e.dials.Load(),
 			Created:    s.e.created,
 			LastUsed:   c.clock.wall(s.e.lastUsed.Load()),
