@@ -160,10 +160,7 @@ func (h *Conn) release() {
 	// only when it holds something (see "Cache lines" in park.go).
 	if h.sc != nil {
 		h.c.park(h.pc)
-		h.pc, h.sc = nil, nil
-		if h.late {
-			h.late = false
-		}
+		h.pc, h.sc, h.late = nil, nil, false
 	} else if h.unbound {
 		h.unbound = false
 		h.c.noTenant.Add(1)
@@ -236,12 +233,12 @@ func (h *Conn) Close() error {
 // ctx's tenant first. Without a tenant in either it succeeds while the
 // connector is open, or pings tenant_ping's pool when configured.
 func (h *Conn) Ping(ctx context.Context) error {
-	if _, ok := TenantFromContext(ctx); ok || h.sc != nil || h.err != nil || h.c.closed.Load() {
-		sc, err := h.bound(ctx)
-		if err != nil {
-			return err
-		}
+	sc, err := h.bound(ctx)
+	if err == nil {
 		return sc.Ping(h.pgxCtx(ctx, nil))
+	}
+	if err != ErrNoTenant { // bound returns the sentinel itself when neither has a tenant
+		return err
 	}
 	t := h.c.settings.cfg.PingTenant
 	if t == "" {

@@ -395,7 +395,7 @@ func TestIdleHandlesDoNotRetainReapedPools(t *testing.T) {
 // SetConnMaxLifetime retires one) and hands them to queued callers without
 // ResetSession; each such checkout must bind at its first operation to the
 // tenant of that operation's context. Every query must run as its tenant,
-// and the handles must stay within the cap.
+// and every connection must come back afterwards.
 func TestSetMaxOpenConns(t *testing.T) {
 	env := pgtest.Shared(t)
 	ids := tenants(t, env, 3)
@@ -421,6 +421,12 @@ func TestSetMaxOpenConns(t *testing.T) {
 						user, err = queryString(tctx, conn, "select current_user")
 						conn.Close()
 					}
+				case 2:
+					var tx *sql.Tx
+					if tx, err = db.BeginTx(tctx, nil); err == nil {
+						user, err = queryString(tctx, tx, "select current_user")
+						tx.Rollback()
+					}
 				case 3: // pgx-native inside Raw
 					var conn *sql.Conn
 					if conn, err = db.Conn(tctx); err == nil {
@@ -432,12 +438,6 @@ func TestSetMaxOpenConns(t *testing.T) {
 							return pc.QueryRow(tctx, "select current_user").Scan(&user)
 						})
 						conn.Close()
-					}
-				case 2:
-					var tx *sql.Tx
-					if tx, err = db.BeginTx(tctx, nil); err == nil {
-						user, err = queryString(tctx, tx, "select current_user")
-						tx.Rollback()
 					}
 				}
 				if err == nil && user != "app."+id {
