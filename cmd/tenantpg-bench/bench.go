@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/tenantpg/tenantpg"
+	"github.com/tenantpg/tenantpg/internal/benchops"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
 
@@ -73,32 +74,6 @@ func mustOpenDB(dsn string) *sql.DB {
 		panic(err)
 	}
 	return db
-}
-
-func queryInt(ctx context.Context, db *sql.DB, i int) error {
-	var n int
-	if err := db.QueryRowContext(ctx, "select $1::int", i).Scan(&n); err != nil {
-		return err
-	}
-	if n != i {
-		return fmt.Errorf("select $1 returned %d for %d", n, i)
-	}
-	return nil
-}
-
-// checkSetting runs the tenant query of the many-tenant scenarios: the
-// session's app.tenant_id must be the tenant's.
-func checkSetting(ctx context.Context, q interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, tenant string) error {
-	var got string
-	if err := q.QueryRowContext(ctx, "select current_setting('app.tenant_id')").Scan(&got); err != nil {
-		return err
-	}
-	if got != tenant {
-		return fmt.Errorf("tenant %s got setting %q", tenant, got)
-	}
-	return nil
 }
 
 // freshNote says why single closes every contender's connections before
@@ -160,13 +135,13 @@ func (b *bench) single(ctx context.Context, r *report) error {
 				return err
 			}
 			cs := []contender{
-				{name: "stdlib.OpenDB", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, sdb, i) },
+				{name: "stdlib.OpenDB", op: func(ctx context.Context, _, i int) error { return benchops.QueryInt(ctx, sdb, i) },
 					fresh: func(context.Context) { sdb.SetMaxIdleConns(0); sdb.SetMaxIdleConns(8) }},
-				{name: "tenantpg", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tp, i) },
+				{name: "tenantpg", op: func(_ context.Context, _, i int) error { return benchops.QueryInt(tctx, tp, i) },
 					fresh: func(ctx context.Context) { resetTenantpg(ctx, tp, "t01") }},
-				{name: "tenantpg (sql.Open)", op: func(_ context.Context, _, i int) error { return queryInt(tctx, tpOpen, i) },
+				{name: "tenantpg (sql.Open)", op: func(_ context.Context, _, i int) error { return benchops.QueryInt(tctx, tpOpen, i) },
 					fresh: func(ctx context.Context) { resetTenantpg(ctx, tpOpen, "t01") }},
-				{name: "stdlib.OpenDBFromPool", op: func(ctx context.Context, _, i int) error { return queryInt(ctx, fromPool, i) },
+				{name: "stdlib.OpenDBFromPool", op: func(ctx context.Context, _, i int) error { return benchops.QueryInt(ctx, fromPool, i) },
 					fresh: func(context.Context) { fromPool.SetMaxIdleConns(0); fromPool.SetMaxIdleConns(2); pool.Reset() }},
 				{name: "pgxpool (native)", fresh: func(context.Context) { native.Reset() }, op: func(ctx context.Context, _, i int) error {
 					var n int
@@ -262,7 +237,7 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 	cs = []contender{
 		{name: "map of *sql.DB", app: "map", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
-			return checkSetting(ctx, dbs[t], t)
+			return benchops.CheckSetting(ctx, dbs[t], t)
 		}, warm: warm(func(ctx context.Context, t string) error {
 			_, err := dbs[t].ExecContext(ctx, "select pg_sleep(0.05)")
 			return err
@@ -273,7 +248,7 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 		}},
 		{name: "tenantpg", app: "tenantpg", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
-			return checkSetting(tenantpg.WithTenant(ctx, t), tp, t)
+			return benchops.CheckSetting(tenantpg.WithTenant(ctx, t), tp, t)
 		}, warm: warm(func(ctx context.Context, t string) error {
 			_, err := tp.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
 			return err
@@ -282,7 +257,7 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 	if sqlOpen {
 		cs = append(cs, contender{name: "tenantpg (sql.Open)", app: "tenantpg-sqlopen", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
-			return checkSetting(tenantpg.WithTenant(ctx, t), tpOpen, t)
+			return benchops.CheckSetting(tenantpg.WithTenant(ctx, t), tpOpen, t)
 		}, warm: warm(func(ctx context.Context, t string) error {
 			_, err := tpOpen.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
 			return err
@@ -390,7 +365,7 @@ func (b *bench) huge(ctx context.Context, r *report) error {
 			return errStop
 		}
 		t := ids[k]
-		return checkSetting(tenantpg.WithTenant(ctx, t), db, t)
+		return benchops.CheckSetting(tenantpg.WithTenant(ctx, t), db, t)
 	}}
 	// Run until every tenant was served once.
 	res := runUntil(ctx, c, workers, func() bool { mu.Lock(); defer mu.Unlock(); return next >= int64(len(ids)) }, b.serverConns)
@@ -486,12 +461,12 @@ func (b *bench) cold(ctx context.Context, r *report) error {
 		t = fmt.Sprintf("c%s-%d", t, i)
 		tctx := tenantpg.WithTenant(ctx, t)
 		t0 := time.Now()
-		if err := checkSetting(tctx, db, t); err != nil {
+		if err := benchops.CheckSetting(tctx, db, t); err != nil {
 			return err
 		}
 		cold = append(cold, time.Since(t0))
 		t0 = time.Now()
-		if err := checkSetting(tctx, db, t); err != nil {
+		if err := benchops.CheckSetting(tctx, db, t); err != nil {
 			return err
 		}
 		warm = append(warm, time.Since(t0))
@@ -551,7 +526,7 @@ func (b *bench) checkout(ctx context.Context, r *report) error {
 			res = testing.Benchmark(func(tb *testing.B) {
 				tb.ReportAllocs()
 				for j := 0; tb.Loop(); j++ {
-					if err := queryInt(c.ctx, c.db, j); err != nil {
+					if err := benchops.QueryInt(c.ctx, c.db, j); err != nil {
 						tb.Fatal(err)
 					}
 				}

@@ -36,6 +36,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/tenantpg/tenantpg"
+	"github.com/tenantpg/tenantpg/internal/benchops"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
 
@@ -132,16 +133,7 @@ func oneOp(name string, db *sql.DB, ctx context.Context, checkout bool) contende
 			return conn.Close()
 		}}
 	}
-	return contender{name, func(i int) error {
-		var n int
-		if err := db.QueryRowContext(ctx, "select $1::int", i).Scan(&n); err != nil {
-			return err
-		}
-		if n != i {
-			return fmt.Errorf("select $1 returned %d for %d", n, i)
-		}
-		return nil
-	}}
+	return contender{name, func(i int) error { return benchops.QueryInt(ctx, db, i) }}
 }
 
 // manyTenants returns a map of one *sql.DB per tenant and tenantpg, each
@@ -181,16 +173,6 @@ func manyTenants(ctx context.Context, env *pgtest.Env, n int) ([]contender, func
 		db.SetMaxIdleConns(2)
 		dbs[id] = db
 	}
-	check := func(ctx context.Context, db *sql.DB, t string) error {
-		var got string
-		if err := db.QueryRowContext(ctx, "select current_setting('app.tenant_id')").Scan(&got); err != nil {
-			return err
-		}
-		if got != t {
-			return fmt.Errorf("tenant %s got setting %q", t, got)
-		}
-		return nil
-	}
 	// Two connections per tenant for each, as a steady load would open.
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
@@ -214,8 +196,8 @@ func manyTenants(ctx context.Context, env *pgtest.Env, n int) ([]contender, func
 	wg.Wait()
 	pick := func() string { return ids[rand.IntN(len(ids))] }
 	return []contender{
-		{"map of *sql.DB", func(int) error { t := pick(); return check(ctx, dbs[t], t) }},
-		{"tenantpg", func(int) error { t := pick(); return check(tenantpg.WithTenant(ctx, t), tp, t) }},
+		{"map of *sql.DB", func(int) error { t := pick(); return benchops.CheckSetting(ctx, dbs[t], t) }},
+		{"tenantpg", func(int) error { t := pick(); return benchops.CheckSetting(tenantpg.WithTenant(ctx, t), tp, t) }},
 	}, done, nil
 }
 
