@@ -8,13 +8,18 @@ GO ?= go
 # Prometheus) out of the library's go.mod. Each is tested on its own.
 MODULES := . $(patsubst %/go.mod,%,$(wildcard */go.mod */*/go.mod))
 
+# tenantpg's rows implement Go 1.27's driver.RowsColumnScanner in a file
+# only Go 1.27 builds (rows_go127.go); make test runs their tests with it too
+# (the go command fetches this toolchain from the module proxy once).
+GO127 ?= go1.27.3
+
 .PHONY: test demo bench bench-report servers fmt soak fuzz
 
 ## servers: install PostgreSQL and PgBouncer when missing (root on Debian)
 servers:
 	@scripts/ensure-servers.sh
 
-## test: gofmt check, go vet, then all tests of every module with the race detector
+## test: gofmt check, go vet, then all tests of every module with the race detector, and the rows tests on Go 1.27
 test: servers
 	@unformatted="$$(gofmt -l .)"; \
 	if [ -n "$$unformatted" ]; then \
@@ -24,6 +29,8 @@ test: servers
 		echo "== module $$m"; \
 		(cd $$m && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 20m ./...); \
 	done
+	@echo "== $(GO127): rows against pgx stdlib's (rows_go127.go)"
+	GOTOOLCHAIN=$(GO127) $(GO) vet . && GOTOOLCHAIN=$(GO127) $(GO) test -count=1 -run '^TestRows' ./integration
 
 ## demo: start throwaway servers and run the demo app through tenantpg
 demo: servers

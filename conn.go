@@ -315,11 +315,10 @@ func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 }
 
 func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	sc, err := h.bound(ctx)
-	if err != nil {
+	if _, err := h.bound(ctx); err != nil {
 		return nil, err
 	}
-	return sc.QueryContext(h.pgxCtx(ctx, args), query, args)
+	return h.pc.query(h.pgxCtx(ctx, args), query, args)
 }
 
 // stmt is a statement prepared through a handle. database/sql keeps it with

@@ -40,7 +40,8 @@ type pconn struct {
 	bare  bool          // no query tracer: a handle may give pgx context.Background() (Conn.pgxCtx)
 	at    atomic.Int64  // coarse clock reading of the last park
 	uses  atomic.Int64  // checkouts served
-	_     [16]byte      // to 64 bytes: a cache line of its own (layout_test.go)
+	scan  *scanCache    // the connection's scan plans (rows.go)
+	_     [8]byte       // to 64 bytes: a cache line of its own (layout_test.go)
 }
 
 // pconn states. Only the holder of an in-use connection changes its state
@@ -126,17 +127,17 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 		e.held++
 		e.parkMu.Unlock()
 		dc, err := e.connector.Connect(ctx)
-		bare := false
+		var pc *pconn
 		if err == nil {
-			// Per connection: a BeforeConnect hook may set a tracer on one.
-			bare = queriesUntraced(dc.(*stdlib.Conn).Conn().Config().Tracer)
+			sc := dc.(*stdlib.Conn)
+			// bare per connection: a BeforeConnect hook may set a tracer on one.
+			pc = &pconn{sc: sc, e: e, bare: queriesUntraced(sc.Conn().Config().Tracer), scan: scanCacheOf(sc.Conn())}
 		}
 		e.parkMu.Lock()
 		e.acquiring--
 		e.slow.Add(-1)
-		var pc *pconn
 		if err == nil {
-			pc = e.listLocked(dc.(*stdlib.Conn), bare)
+			e.listLocked(pc)
 		} else {
 			e.held--
 			e.wakeLocked()
@@ -208,12 +209,12 @@ func (e *poolEntry) claimAny() *pconn {
 // listLocked puts a connection just acquired from pgxpool into a free slot.
 // held counts every listed connection and is at most pool_max_conns, the
 // number of slots, when it is listed.
-func (e *poolEntry) listLocked(sc *stdlib.Conn, bare bool) *pconn {
+func (e *poolEntry) listLocked(pc *pconn) {
 	for i := range e.slots {
 		if e.slots[i].Load() == nil {
-			pc := &pconn{sc: sc, e: e, slot: i, bare: bare}
+			pc.slot = i
 			e.slots[i].Store(pc)
-			return pc
+			return
 		}
 	}
 	panic("tenantpg: more connections held than pool_max_conns")
