@@ -66,14 +66,22 @@ var (
 )
 
 // Conn returns the pgx connection of the checkout's tenant for pgx-native
-// work inside (*sql.Conn).Raw (COPY, LISTEN, batches). It returns nil when
-// the checkout is not bound: it had no tenant, or its connection could not
-// be obtained; ConnContext binds it and says why not. The connection must
-// not be used after Raw returns.
+// work inside (*sql.Conn).Raw (COPY, LISTEN, batches, registering types).
+// It returns nil when the checkout is not bound: it had no tenant, or its
+// connection could not be obtained; ConnContext binds it and says why not.
+// The connection must not be used after Raw returns.
 func (h *Conn) Conn() *pgx.Conn {
 	if h.sc == nil {
 		return nil
 	}
+	return h.expose()
+}
+
+// expose returns the checkout's pgx connection to code that may change its
+// type map, so its scan plans are dropped: the next query plans with the
+// map as it is then, as stdlib would (see scanCache).
+func (h *Conn) expose() *pgx.Conn {
+	h.pc.scan = nil
 	return h.sc.Conn()
 }
 
@@ -84,11 +92,10 @@ func (h *Conn) Conn() *pgx.Conn {
 // when neither the checkout nor ctx has a tenant, and otherwise the error of
 // binding (a *BudgetError, a *RejectedError, ErrClosed, ...).
 func (h *Conn) ConnContext(ctx context.Context) (*pgx.Conn, error) {
-	sc, err := h.bound(ctx)
-	if err != nil {
+	if _, err := h.bound(ctx); err != nil {
 		return nil, err
 	}
-	return sc.Conn(), nil
+	return h.expose(), nil
 }
 
 // Tenant returns the tenant of the current checkout, "" if it has none.

@@ -40,7 +40,7 @@ type pconn struct {
 	bare  bool          // no query tracer: a handle may give pgx context.Background() (Conn.pgxCtx)
 	at    atomic.Int64  // coarse clock reading of the last park
 	uses  atomic.Int64  // checkouts served
-	scan  *scanCache    // the connection's scan plans (rows.go)
+	scan  *scanCache    // scan plans for database/sql, from the first query on (rows.go)
 	_     [8]byte       // to 64 bytes: a cache line of its own (layout_test.go)
 }
 
@@ -131,7 +131,7 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 		if err == nil {
 			sc := dc.(*stdlib.Conn)
 			// bare per connection: a BeforeConnect hook may set a tracer on one.
-			pc = &pconn{sc: sc, e: e, bare: queriesUntraced(sc.Conn().Config().Tracer), scan: scanCacheOf(sc.Conn())}
+			pc = &pconn{sc: sc, e: e, bare: queriesUntraced(sc.Conn().Config().Tracer)}
 		}
 		e.parkMu.Lock()
 		e.acquiring--

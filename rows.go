@@ -22,9 +22,9 @@ import (
 // column metadata is stdlib's. What differs is the cost: stdlib plans each
 // column's scan again for every query (Map.PlanScan, a closure and a target
 // per column, a slice of them), about 4.5% of the client's CPU per
-// QueryRow; tenantpg keeps the plans with the connection (scanCache) and
-// the query's arguments inside the rows, 4 allocations fewer per query (see
-// docs/architecture.md, "Rows").
+// QueryRow; tenantpg keeps the plans with the connection it holds
+// (scanCache) and the query's arguments inside the rows, 4 allocations
+// fewer per query (see docs/architecture.md, "Rows").
 
 // resultFormats is pgx stdlib's databaseSQLResultFormats (unexported
 // there): binary results for the intrinsic types database/sql handles,
@@ -97,15 +97,20 @@ func kindOf(oid uint32) valueKind {
 	}
 }
 
-// scanCache keeps a connection's scan plans for database/sql, one per
-// column type and format, and one scan target per valueKind. It lives in
-// the pgx connection's CustomData, so it outlasts tenantpg's pconn (a new
-// one per acquisition from pgxpool) and dies with the connection. Only the
-// connection's current user touches it: database/sql never uses a driver
-// connection from two goroutines at once, and a pgx connection runs one
-// query at a time.
+// scanCache keeps the scan plans of a connection tenantpg holds (one
+// pconn), for up to scanPlans column types and formats, and one scan target
+// per valueKind. A plan depends on the types the connection's type map
+// registers, which only its holder changes: user hooks when pgxpool
+// connects or hands it out (before a pconn exists), pgx-native code on a
+// connection of Pool (while tenantpg does not hold it; a new pconn starts a
+// new cache), and code inside (*sql.Conn).Raw, for which Conn and
+// ConnContext drop the cache. Only the checkout's holder touches it:
+// database/sql never uses a driver connection from two goroutines at once,
+// and a pgx connection runs one query at a time.
 type scanCache struct {
-	plans map[uint64]*scanPlan // key: planKey
+	keys  [scanPlans]uint64 // planKey of plans[i]; 0 for none
+	plans [scanPlans]scanPlan
+	next  uint8 // the entry a new plan takes when all are in use
 
 	// Targets. A plan scans into one and the value is copied out at once,
 	// as stdlib's per-query closures do with theirs; every plan for a
@@ -125,45 +130,36 @@ type scanCache struct {
 	s    string
 }
 
+// scanPlans is how many column types and formats a connection keeps plans
+// for; more in use at once are planned again (what stdlib does for every
+// query) when they come round.
+const scanPlans = 16
+
 // scanPlan is the plan for one column type and format.
 type scanPlan struct {
-	// dt is what the connection's type map registered for the type when
-	// the plan was made (nil for none). A type registered since (through
-	// Raw) would change the plan stdlib makes, so a plan whose dt is no
-	// longer the registered one is made again.
-	dt   *pgtype.Type
 	plan pgtype.ScanPlan
 	kind valueKind
 }
 
-const scanCacheKey = "tenantpg.scanCache"
-
-// scanCacheOf returns conn's scan cache, creating it on first use.
-func scanCacheOf(conn *pgx.Conn) *scanCache {
-	data := conn.PgConn().CustomData()
-	if sc, ok := data[scanCacheKey].(*scanCache); ok {
-		return sc
-	}
-	sc := &scanCache{plans: make(map[uint64]*scanPlan)}
-	if data != nil { // nil only for a connection pgconn.Construct made without it
-		data[scanCacheKey] = sc
-	}
-	return sc
+// planKey identifies a column type and format; never 0.
+func planKey(oid uint32, format int16) uint64 {
+	return 1<<48 | uint64(oid)<<16 | uint64(uint16(format))
 }
 
-func planKey(oid uint32, format int16) uint64 { return uint64(oid)<<16 | uint64(uint16(format)) }
-
-// planFor returns the plan for a column of type oid in format, made again
-// when m registers another type for oid than when it was made.
-func (c *scanCache) planFor(m *pgtype.Map, oid uint32, format int16) *scanPlan {
-	dt, _ := m.TypeForOID(oid)
+// planFor returns the plan for a column of type oid in format, made with m
+// when the cache has none.
+func (c *scanCache) planFor(m *pgtype.Map, oid uint32, format int16) scanPlan {
 	k := planKey(oid, format)
-	if p := c.plans[k]; p != nil && p.dt == dt {
-		return p
+	for i, key := range c.keys {
+		if key == k {
+			return c.plans[i]
+		}
 	}
 	kind := kindOf(oid)
-	p := &scanPlan{dt: dt, kind: kind, plan: m.PlanScan(oid, format, c.target(kind))}
-	c.plans[k] = p
+	p := scanPlan{kind: kind, plan: m.PlanScan(oid, format, c.target(kind))}
+	i := c.next % scanPlans
+	c.keys[i], c.plans[i] = k, p
+	c.next++
 	return p
 }
 
@@ -237,7 +233,7 @@ type rows struct {
 	rows  pgx.Rows
 	m     *pgtype.Map
 	cache *scanCache
-	plans []*scanPlan // per column, from the first row on
+	plans []scanPlan // per column, from the first value on
 
 	skipNext bool // the first row is read and not yet returned
 	more     bool // whether there was a first row
@@ -245,7 +241,7 @@ type rows struct {
 	// Room for a query's arguments (with resultFormats first): pgx keeps
 	// them with its rows, so they live as long as these.
 	args   [4]any
-	inline [4]*scanPlan
+	inline [4]scanPlan
 }
 
 var (
@@ -264,6 +260,9 @@ func (pc *pconn) query(ctx context.Context, query string, args []driver.NamedVal
 	conn := pc.sc.Conn()
 	if conn.IsClosed() {
 		return nil, driver.ErrBadConn
+	}
+	if pc.scan == nil {
+		pc.scan = new(scanCache)
 	}
 	r := &rows{m: conn.TypeMap(), cache: pc.scan}
 	a := r.args[:]
@@ -333,13 +332,13 @@ func (r *rows) columnValue(i int, src []byte) (driver.Value, error) {
 		fds := r.rows.FieldDescriptions()
 		r.plans = r.inline[:0]
 		if len(fds) > len(r.inline) {
-			r.plans = make([]*scanPlan, 0, len(fds))
+			r.plans = make([]scanPlan, 0, len(fds))
 		}
 		for _, fd := range fds {
 			r.plans = append(r.plans, r.cache.planFor(r.m, fd.DataTypeOID, fd.Format))
 		}
 	}
-	return r.cache.value(r.plans[i], src)
+	return r.cache.value(&r.plans[i], src)
 }
 
 // Next fills dest with the next row's values; io.EOF after the last row.

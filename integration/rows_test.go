@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,7 +89,9 @@ func rowsPair(t *testing.T, env *pgtest.Env, mode string) (std, tp *sql.Conn) {
 
 // scanOne runs query and scans its only row's only column into dest; it
 // returns what dest then holds, or the error as text.
-func scanOne(ctx context.Context, c *sql.Conn, query string, dest any) string {
+func scanOne(ctx context.Context, c interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, query string, dest any) string {
 	if err := c.QueryRowContext(ctx, query).Scan(dest); err != nil {
 		return "error: " + err.Error()
 	}
@@ -149,7 +152,8 @@ func TestRowsMatchStdlib(t *testing.T) {
 
 // TestRowsManyColumnsAndRows: more columns than the rows' inline room,
 // several of one type (they share the connection's scan target), many
-// rows, and an error from the server in the middle of them.
+// rows, more column types in one row than a connection keeps plans for,
+// and an error from the server in the middle of a result.
 func TestRowsManyColumnsAndRows(t *testing.T) {
 	env := pgtest.Shared(t)
 	tenants(t, env, 1)
@@ -166,8 +170,21 @@ func TestRowsManyColumnsAndRows(t *testing.T) {
 			}
 			for run := 1; run <= 2; run++ {
 				got, err := readAll(ctx, tp, q)
-				if err != nil || !reflect.DeepEqual(got, want) {
+				if err != nil || !sameRows(got, want) {
 					t.Fatalf("run %d: tenantpg differs from stdlib (%v):\n%v\n%v", run, err, head(got), head(want))
+				}
+			}
+			// Every expression in one row: more column types than a
+			// connection keeps plans for, so the row's own plans evict
+			// each other.
+			q = "select " + strings.Join(rowsExprs, ", ")
+			want, werr = readAll(ctx, std, q)
+			if werr != nil || len(want) != 1 {
+				t.Fatalf("stdlib: %d rows, %v", len(want), werr)
+			}
+			for run := 1; run <= 2; run++ {
+				if got, err := readAll(ctx, tp, q); err != nil || !sameRows(got, want) {
+					t.Fatalf("run %d: tenantpg differs from stdlib (%v):\n%#v\n%#v", run, err, got, want)
 				}
 			}
 			// Division by zero at the fifth row: the rows before it, then the error.
@@ -178,7 +195,7 @@ func TestRowsManyColumnsAndRows(t *testing.T) {
 			if !errors.As(werr, &pe) || pe.Code != "22012" {
 				t.Fatalf("stdlib: %v, want division_by_zero", werr)
 			}
-			if fmt.Sprint(err) != fmt.Sprint(werr) || !reflect.DeepEqual(got, want) {
+			if fmt.Sprint(err) != fmt.Sprint(werr) || !sameRows(got, want) {
 				t.Fatalf("tenantpg: %v then %v; stdlib: %v then %v", got, err, want, werr)
 			}
 		})
@@ -211,45 +228,92 @@ func readAll(ctx context.Context, c *sql.Conn, query string) ([][]any, error) {
 	return out, rs.Err()
 }
 
+// sameRows compares results by their Go syntax, in which NaN equals NaN.
+func sameRows(a, b [][]any) bool { return fmt.Sprintf("%#v", a) == fmt.Sprintf("%#v", b) }
+
 func head(rows [][]any) [][]any { return rows[:min(3, len(rows))] }
 
 // TestRowsFollowTypeRegistration: a type registered on a connection after
-// its plans were cached (here int4 decoded as int8, through Raw) changes
-// what tenantpg's rows do exactly as it changes stdlib's: a plan cached
-// before the registration is not used after it.
+// tenantpg cached plans for it (here int4 decoded as int8) changes what
+// tenantpg's rows do exactly as it changes stdlib's, whether registered
+// inside (*sql.Conn).Raw or by pgx-native code on the tenant's Pool while
+// tenantpg did not hold the connection.
 func TestRowsFollowTypeRegistration(t *testing.T) {
 	env := pgtest.Shared(t)
 	tenants(t, env, 1)
-	ctx := testCtx(t)
-	std, tp := rowsPair(t, env, "cache_statement")
 	const q = "select 7::int4"
-	before := scanOne(ctx, tp, q, new(any))
-	if want := scanOne(ctx, std, q, new(any)); before != want || before != "int64 7" {
-		t.Fatalf("before: tenantpg %s, stdlib %s, want int64 7", before, want)
+	int4AsInt8 := func(conn *pgx.Conn) {
+		conn.TypeMap().RegisterType(&pgtype.Type{Name: "int4", OID: pgtype.Int4OID, Codec: pgtype.Int8Codec{}})
 	}
-	register := func(c *sql.Conn) {
-		t.Helper()
-		err := c.Raw(func(dc any) error {
-			var conn *pgx.Conn
-			if h, ok := dc.(*tenantpg.Conn); ok {
-				conn = h.Conn()
-			} else {
-				conn = dc.(*stdlib.Conn).Conn()
-			}
-			conn.TypeMap().RegisterType(&pgtype.Type{Name: "int4", OID: pgtype.Int4OID, Codec: pgtype.Int8Codec{}})
-			return nil
-		})
+	// want is what stdlib gives after the registration.
+	want := func(t *testing.T) string {
+		ctx := testCtx(t)
+		std, _ := rowsPair(t, env, "cache_statement")
+		before := scanOne(ctx, std, q, new(any))
+		if err := std.Raw(func(dc any) error { int4AsInt8(dc.(*stdlib.Conn).Conn()); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		after := scanOne(ctx, std, q, new(any))
+		if before != "int64 7" || after == before {
+			t.Fatalf("stdlib gives %s, then %s after the registration: the test checks nothing", before, after)
+		}
+		return after
+	}
+
+	t.Run("Raw", func(t *testing.T) {
+		want := want(t)
+		ctx := testCtx(t)
+		_, tp := rowsPair(t, env, "cache_statement")
+		if got := scanOne(ctx, tp, q, new(any)); got != "int64 7" {
+			t.Fatalf("before: %s", got)
+		}
+		err := tp.Raw(func(dc any) error { int4AsInt8(dc.(*tenantpg.Conn).Conn()); return nil })
 		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	register(std)
-	register(tp)
-	want := scanOne(ctx, std, q, new(any))
-	if want == before {
-		t.Fatalf("stdlib still gives %s after the registration: the test checks nothing", want)
-	}
-	if got := scanOne(ctx, tp, q, new(any)); got != want {
-		t.Fatalf("after registering int4 as int8: tenantpg %s, stdlib %s", got, want)
-	}
+		if got := scanOne(ctx, tp, q, new(any)); got != want {
+			t.Fatalf("after registering int4 as int8: tenantpg %s, stdlib %s", got, want)
+		}
+	})
+
+	t.Run("native pool", func(t *testing.T) {
+		want := want(t)
+		ctx := tenantpg.WithTenant(testCtx(t), "t01")
+		db := open(t, withParams(env.DirectURL(env.AppUser, env.AppDatabase), "tenant_user={user}.{tenant}",
+			"default_query_exec_mode=cache_statement", "pool_max_conns=1"))
+		var pid, got any
+		if err := db.QueryRowContext(ctx, "select pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		if g := scanOne(ctx, db, q, new(any)); g != "int64 7" {
+			t.Fatalf("before: %s", g)
+		}
+		// The reaper gives the parked connection back to pgxpool within
+		// a second; then pgx-native code can acquire it.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if st := stats(t, db); len(st.Pools) == 1 && st.Pools[0].Parked == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the connection stayed parked")
+			}
+		}
+		pool, err := tenantpg.Pool(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.QueryRow(ctx, "select pg_backend_pid()").Scan(&got)
+		int4AsInt8(c.Conn())
+		c.Release()
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(pid) {
+			t.Fatalf("pgx-native code got backend %v (%v), want tenantpg's %v", got, err, pid)
+		}
+		if g := scanOne(ctx, db, q, new(any)); g != want {
+			t.Fatalf("after registering int4 as int8 on the pool's connection: tenantpg %s, stdlib %s", g, want)
+		}
+	})
 }
