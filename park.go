@@ -303,10 +303,10 @@ func (e *poolEntry) giveBack(pc *pconn) {
 	e.held--
 	e.wakeLocked()
 	e.parkMu.Unlock()
-	// An idle handle may still point at pc (Conn.last); let the connection
-	// and the pool go. Nobody reads these fields without claiming pc first,
-	// and a gone pconn cannot be claimed.
-	pc.sc, pc.e = nil, nil
+	// An idle handle may still point at pc (Conn.last); let the connection,
+	// the pool and the scan plans go. Nobody reads these fields without
+	// claiming pc first, and a gone pconn cannot be claimed.
+	pc.sc, pc.e, pc.scan = nil, nil, nil
 }
 
 // park ends a checkout of pc: it gives pc back to pgxpool when pc is not

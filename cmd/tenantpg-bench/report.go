@@ -154,73 +154,53 @@ const missedExplanation = `### Where tenantpg's time goes, and what would close 
 
 database/sql keeps tenantpg's handles in its idle pool, and each checkout
 binds one to a connection of the caller's tenant (docs/architecture.md,
-"Handles"). A handle claims the connection it held last with one
-compare-and-swap when the tenant is the same, and a release stores one word:
-no lock, no tenant lookup, no clock read. A checkout costs what
-` + "`stdlib.OpenDB`" + `'s idle reuse costs, about 0.42 µs and 1 allocation each
-(section 5), against 3.8 µs and 13 allocations for ` + "`stdlib.OpenDBFromPool`" + `.
+"Handles"): the connection the handle held last, claimed with one
+compare-and-swap when the tenant is the same, and a release that stores one
+word; no lock, no clock read. Alone, a checkout costs what
+` + "`stdlib.OpenDB`" + `'s idle reuse costs (section 5). Between queries, with the
+server's backends on the same 2 cores, every cache line the checkout and
+release touch is a miss, and they cost about 2% of the client's CPU per
+query at 8 workers, against about 1% for ` + "`stdlib.OpenDB`" + `'s ` + "`ResetSession`" + `
+(CPU profiles of 20 s per contender).
 
-- One tenant, 8 workers on 2 cores: the client spends about 31 µs of CPU per
-  query, mostly in system calls and the Go scheduler, and the server's
-  backends share the two cores. Alone (` + "`db.Conn`" + ` and ` + "`Close`" + ` in 8
-  goroutines, no query: ` + "`tenantpg-probe -checkout`" + `) tenantpg's checkout and release run at parity with
-  ` + "`stdlib.OpenDB`" + ` (1.5-2 million a second each, 0.99-1.00x); between queries they cost
-  tenantpg about 5% more client CPU. The difference is cache misses, not
-  instructions: between a release and the next checkout the query and the
-  backends evict what the checkout path reads, and every cache line it
-  touches is a miss. Session 4 put what the path reads in one cache line of
-  each struct (the handle, the connection, the pool entry, the Connector;
-  ` + "`layout_test.go`" + ` keeps it so) and dropped a read of the pgx connection.
-  Measured with ` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`" + ` (20
-  interleaved rounds of 1 s, 8 processes): tenantpg/` + "`stdlib.OpenDB`" + ` 0.971-0.997, median
-  0.986 (before: 0.975-0.980 in 4 processes); a handle that keeps its
-  connection between checkouts (no claim, no release; unsafe across
-  tenants, an experiment only) 0.999-1.005 in 5 processes. So the claim and
-  release still cost about 1.5 points at 8 workers direct. One run of this
-  program cannot show a gap that size: its two tenantpg contenders run the
-  same code and still differ by up to 3 points in one run (up to 5 before
-  session 4, when a contender kept its connections for the whole run and
-  which server backend and core they got was drawn once). Since session 4
-  section 1 gives every contender new connections each round; a report's
-  1.00x or 0.97x for one route is still that noise around a gap of 1-2
-  points.
+Since session 7 tenantpg takes that back elsewhere: database/sql reads
+tenantpg's own ` + "`driver.Rows`" + `, which keep scan plans with the connection,
+where pgx's ` + "`stdlib.Rows`" + ` plans every column again for every query (4.6% of
+` + "`stdlib.OpenDB`" + `'s client CPU in the same profile), with the values, errors and
+column metadata of stdlib (docs/architecture.md, "Rows"); 4 allocations
+fewer per query.
+
+- One tenant, 8 workers: ` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`" + `
+  (20 interleaved rounds of 1 s per process) measured tenantpg/
+  ` + "`stdlib.OpenDB`" + ` 0.985-1.019, median 0.998, over 13 processes, and client CPU
+  per query at 1.000x; before the rows change 0.963-0.994, median 0.977,
+  client CPU 1.035x. One run of this program cannot resolve a point: its
+  two tenantpg contenders run the same code and differ by up to 3 points in
+  one run, so a table's 0.99x or 1.01x for one route is noise around
+  parity.
 - 100 tenants: nearly every checkout is for another tenant than its
-  handle's last, so it looks the tenant up. Since session 4 the lookup reads
-  a ` + "`sync.Map`" + ` instead of taking a read lock whose word every core writes
-  (Go's RWMutex read path does not scale with cores, golang/go#17973). On
-  these 2 cores it changed nothing measurable: alternating builds, 3 runs
-  each, tenantpg and tenantpg (sql.Open) averaged 0.98x the map of
-  ` + "`*sql.DB`" + ` before and after (single figures 0.96-1.01x). Section 6 runs its
-  contenders one after another, not interleaved, and moves by about ±10%
-  between runs at 1 and 10 tenants. Since session 6
-  ` + "`tenantpg-probe -tenants 60`" + ` measures this case finely (60 tenants: the
-  server's 300 connections hold two per tenant for two contenders): over 6
-  processes of 10 rounds, 0.957-0.991x the map (median 0.970x),
-  client CPU per query 1.03-1.09x (median 1.05x, about 1.8 µs more), 17
-  allocations per query against 16 (the tenant context). The client-CPU
-  excess is larger than one tenant's (1.037x): a CPU profile of 20 s per
-  contender puts tenantpg's own lookup and claim (` + "`acquire`" + `, mostly the
-  ` + "`sync.Map`" + ` load) at about 3% of tenantpg's client CPU, and spreads the
-  rest over database/sql, pgx and the runtime alike, which points at cache
-  misses rather than one function; one 60-s profile pair measured equal CPU
-  per query, so even that is near this machine's resolution.
-- Before handles a checkout cost 3.4 µs and 13 allocations and one tenant
-  measured 0.85-0.89x of ` + "`stdlib.OpenDB`" + `; the first handle version 0.94-1.03x.
+  handle's last, so it looks the tenant up (a ` + "`sync.Map`" + `, twice: the second
+  load makes the pool's generation one the mapping had) and claims from
+  that tenant's pool; the map of ` + "`*sql.DB`" + ` pays only a Go map lookup in the
+  caller. ` + "`go run ./cmd/tenantpg-probe -tenants 60`" + ` (two connections per tenant
+  for two contenders fill the server's 300) measured 0.970-0.984x the map
+  in 4 processes after the rows change (0.960-1.006 before; 0.957-0.991,
+  median 0.970, in session 6), client CPU per query 1.01-1.09x. In a 20-s
+  CPU profile per contender the lookup is about 1.5% of tenantpg's client
+  CPU and its checkout and release about 3.5% (` + "`stdlib.OpenDB`" + `'s
+  ` + "`ResetSession`" + ` about 1.8% of the map's); reading the row costs 1.3%
+  against stdlib's 2.9% (a text column: less to plan than the one-tenant
+  query's). The rest of the excess is spread over database/sql, pgx and the
+  runtime, which points at cache misses across 120 connections rather than
+  one function.
 
-What would close the rest. Session 5 built the two candidates named here
-before and measured neither as a gain (` + "`tenantpg-probe`" + `, alternating builds):
-a release that reads neither the clock nor the Connector (the reaper ages
-parked connections from their use counts), median 0.982 against 0.982 (6
-processes each); handles that keep their connection while idle, other
-checkouts taking it from them with a compare-and-swap on the handle's word,
-so that the connection's cache line is not written per query, 0.9805
-against 0.9785 (16 each). Neither was kept (docs/architecture.md,
-"Handles"). pgx watches every context but ` + "`context.Background()`" + ` for
-cancellation, and a tenant set on ` + "`context.Background()`" + ` hid that it cannot be
-cancelled (it cost ` + "`stdlib.OpenDB`" + ` 0.6-0.7% more client CPU per query);
-tenantpg now hands pgx ` + "`context.Background()`" + ` for it when nothing could read
-the tenant, a gain below what 16 probe processes resolve (0.978x to
-0.980x). This program's contenders all run under ` + "`context.Background()`" + `
-(tenantpg's with the tenant on it). The remaining gap, about 2 points at 8
-workers on these 2 cores, is in none of these alone.
+What would close the rest: one ` + "`sync.Map`" + ` load instead of two per lookup
+(the map's value holding the pool and its generation together, stored
+again for a pool's other tenants whenever its generation changes; it
+changes the unmap and retire protocol, so it needs its own race tests),
+and a machine with more cores, where the benchmark's server would not share
+the client's two. Session 5 built and measured two other designs for the
+checkout (a release that reads neither clock nor ` + "`Connector`" + `; handles that
+keep their connection while idle) and kept neither: neither moved the
+median beyond the noise (docs/architecture.md, "Handles").
 `
