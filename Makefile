@@ -30,7 +30,7 @@ test: servers
 		(cd $$m && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 20m ./...); \
 	done
 	@echo "== $(GO127): rows against pgx stdlib's (rows_go127.go)"
-	GOTOOLCHAIN=$(GO127) $(GO) vet . && GOTOOLCHAIN=$(GO127) $(GO) test -count=1 -run '^TestRows' ./integration
+	GOTOOLCHAIN=$(GO127) $(GO) vet . && GOTOOLCHAIN=$(GO127) $(GO) test -race -count=1 -run '^TestRows' ./integration
 
 ## demo: start throwaway servers and run the demo app through tenantpg
 demo: servers

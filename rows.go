@@ -21,7 +21,7 @@ import (
 // same result formats, scan plans and Go types: see valueKind), and the
 // column metadata is stdlib's. What differs is the cost: stdlib plans each
 // column's scan again for every query (Map.PlanScan, a closure and a target
-// per column, a slice of them), about 4.5% of the client's CPU per
+// per column, a slice of them), about 4.6% of the client's CPU per
 // QueryRow; tenantpg keeps the plans with the connection it holds
 // (scanCache) and the query's arguments inside the rows, 4 allocations
 // fewer per query (see docs/architecture.md, "Rows").
@@ -104,9 +104,12 @@ func kindOf(oid uint32) valueKind {
 // connects or hands it out (before a pconn exists), pgx-native code on a
 // connection of Pool (while tenantpg does not hold it; a new pconn starts a
 // new cache), and code inside (*sql.Conn).Raw, for which Conn and
-// ConnContext drop the cache. Only the checkout's holder touches it:
-// database/sql never uses a driver connection from two goroutines at once,
-// and a pgx connection runs one query at a time.
+// ConnContext drop the cache. (A query tracer or pgx.QueryRewriter also
+// gets the *pgx.Conn, during a query; types registered from there are not
+// seen by plans already cached: register types in AfterConnect.) Only the
+// checkout's holder touches it: database/sql never uses a driver
+// connection from two goroutines at once, and a pgx connection runs one
+// query at a time.
 type scanCache struct {
 	keys  [scanPlans]uint64 // planKey of plans[i]; 0 for none
 	plans [scanPlans]scanPlan
@@ -202,7 +205,9 @@ func (c *scanCache) value(p *scanPlan, src []byte) (driver.Value, error) {
 	case kindBool:
 		return c.b, nil
 	case kindBytes:
-		return c.by, nil
+		v := c.by
+		c.by = nil // the connection must not keep the last value alive
+		return v, nil
 	case kindUint32:
 		return c.u32.Value()
 	case kindDate:
@@ -222,7 +227,9 @@ func (c *scanCache) value(p *scanPlan, src []byte) (driver.Value, error) {
 	case kindTimestamptz:
 		return c.tstz.Value()
 	default:
-		return c.s, nil
+		v := c.s
+		c.s = ""
+		return v, nil
 	}
 }
 
@@ -232,8 +239,9 @@ func (c *scanCache) value(p *scanPlan, src []byte) (driver.Value, error) {
 type rows struct {
 	rows  pgx.Rows
 	m     *pgtype.Map
-	cache *scanCache
-	plans []scanPlan // per column, from the first value on
+	pc    *pconn     // whose scan plans the rows take (plan)
+	cache *scanCache // pc's cache as of then: its targets, even if Raw drops it from pc
+	plans []scanPlan // per column, from plan on
 
 	skipNext bool // the first row is read and not yet returned
 	more     bool // whether there was a first row
@@ -261,10 +269,7 @@ func (pc *pconn) query(ctx context.Context, query string, args []driver.NamedVal
 	if conn.IsClosed() {
 		return nil, driver.ErrBadConn
 	}
-	if pc.scan == nil {
-		pc.scan = new(scanCache)
-	}
-	r := &rows{m: conn.TypeMap(), cache: pc.scan}
+	r := &rows{m: conn.TypeMap(), pc: pc}
 	a := r.args[:]
 	if n := len(args) + 1; n <= len(a) {
 		a = a[:n]
@@ -325,24 +330,38 @@ func (r *rows) advance() error {
 	return nil
 }
 
+// plan takes the rows' scan plans, once, from the connection's cache as it
+// is then, at the points stdlib plans: the first Next, or (Go 1.27) the
+// first non-NULL value scanned through database/sql's conversions. Code
+// inside Raw may have registered a type and dropped the cache before.
+func (r *rows) plan() {
+	if r.plans != nil {
+		return
+	}
+	if r.pc.scan == nil {
+		r.pc.scan = new(scanCache)
+	}
+	r.cache = r.pc.scan
+	fds := r.rows.FieldDescriptions()
+	r.plans = r.inline[:0]
+	if len(fds) > len(r.inline) {
+		r.plans = make([]scanPlan, 0, len(fds))
+	}
+	for _, fd := range fds {
+		r.plans = append(r.plans, r.cache.planFor(r.m, fd.DataTypeOID, fd.Format))
+	}
+}
+
 // columnValue returns the value of column i of the current row, whose raw
 // bytes are src (not NULL).
 func (r *rows) columnValue(i int, src []byte) (driver.Value, error) {
-	if r.plans == nil {
-		fds := r.rows.FieldDescriptions()
-		r.plans = r.inline[:0]
-		if len(fds) > len(r.inline) {
-			r.plans = make([]scanPlan, 0, len(fds))
-		}
-		for _, fd := range fds {
-			r.plans = append(r.plans, r.cache.planFor(r.m, fd.DataTypeOID, fd.Format))
-		}
-	}
+	r.plan()
 	return r.cache.value(&r.plans[i], src)
 }
 
 // Next fills dest with the next row's values; io.EOF after the last row.
 func (r *rows) Next(dest []driver.Value) error {
+	r.plan()
 	if err := r.advance(); err != nil {
 		return err
 	}

@@ -202,9 +202,54 @@ func TestRowsManyColumnsAndRows(t *testing.T) {
 	}
 }
 
+// TestRowsArgumentsAndErrors: queries with arguments (NULL, more than the
+// rows' inline room, pgx.NamedArgs, which pgx takes as a query rewriter)
+// and queries that fail before their first row (syntax, argument count, an
+// argument the server or pgx cannot take, an error computing the first
+// row) give the same results and error texts as stdlib.
+func TestRowsArgumentsAndErrors(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	cases := []struct {
+		query string
+		args  []any
+	}{
+		{"select $1::int8, $2::text, $3::bool", []any{int64(5), nil, true}},
+		{"select $1::int4 + $2::int4 + $3::int4 + $4::int4 + $5::int4, $6::text", []any{1, 2, 3, 4, 5, "six"}},
+		{"select @a::int4, @b::text", []any{pgx.NamedArgs{"a": 7, "b": "named"}}},
+		{"select from where", nil},
+		{"select $1::int4", []any{1, 2}},
+		{"select $1::int4", []any{"not a number"}},
+		{"select 1 / 0", nil},
+		{"select * from no_such_table", nil},
+	}
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := testCtx(t)
+			std, tp := rowsPair(t, env, mode)
+			failures := 0
+			for _, c := range cases {
+				want, werr := readAll(ctx, std, c.query, c.args...)
+				if werr != nil {
+					failures++
+				}
+				for run := 1; run <= 2; run++ {
+					got, err := readAll(ctx, tp, c.query, c.args...)
+					if fmt.Sprint(err) != fmt.Sprint(werr) || !sameRows(got, want) {
+						t.Errorf("%s %v, run %d: tenantpg %v, %v; stdlib %v, %v", c.query, c.args, run, got, err, want, werr)
+					}
+				}
+			}
+			if failures < 4 {
+				t.Fatalf("only %d of the queries failed through stdlib: the error cases check nothing", failures)
+			}
+		})
+	}
+}
+
 // readAll reads every row of query as []any, and the error that ended it.
-func readAll(ctx context.Context, c *sql.Conn, query string) ([][]any, error) {
-	rs, err := c.QueryContext(ctx, query)
+func readAll(ctx context.Context, c *sql.Conn, query string, args ...any) ([][]any, error) {
+	rs, err := c.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -260,19 +305,75 @@ func TestRowsFollowTypeRegistration(t *testing.T) {
 		return after
 	}
 
-	t.Run("Raw", func(t *testing.T) {
-		want := want(t)
+	// Inside Raw, through either way of getting the pgx connection.
+	for name, pgxConn := range map[string]func(context.Context, *tenantpg.Conn) (*pgx.Conn, error){
+		"Raw Conn":        func(_ context.Context, h *tenantpg.Conn) (*pgx.Conn, error) { return h.Conn(), nil },
+		"Raw ConnContext": func(ctx context.Context, h *tenantpg.Conn) (*pgx.Conn, error) { return h.ConnContext(ctx) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			want := want(t)
+			ctx := tenantpg.WithTenant(testCtx(t), "t01")
+			_, tp := rowsPair(t, env, "cache_statement")
+			if got := scanOne(ctx, tp, q, new(any)); got != "int64 7" {
+				t.Fatalf("before: %s", got)
+			}
+			err := tp.Raw(func(dc any) error {
+				conn, err := pgxConn(ctx, dc.(*tenantpg.Conn))
+				if err == nil {
+					int4AsInt8(conn)
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := scanOne(ctx, tp, q, new(any)); got != want {
+				t.Fatalf("after registering int4 as int8: tenantpg %s, stdlib %s", got, want)
+			}
+		})
+	}
+
+	// Between a query and its first row, as database/sql allows on a
+	// *sql.Conn: stdlib plans at the first Next, so the registration
+	// applies to the open rows.
+	t.Run("Raw while rows are open", func(t *testing.T) {
 		ctx := testCtx(t)
-		_, tp := rowsPair(t, env, "cache_statement")
-		if got := scanOne(ctx, tp, q, new(any)); got != "int64 7" {
-			t.Fatalf("before: %s", got)
+		std, tp := rowsPair(t, env, "cache_statement")
+		read := func(c *sql.Conn) string {
+			if got := scanOne(ctx, c, q, new(any)); got != "int64 7" { // plans cached
+				return "before: " + got
+			}
+			rs, err := c.QueryContext(ctx, q)
+			if err != nil {
+				return err.Error()
+			}
+			defer rs.Close()
+			err = c.Raw(func(dc any) error {
+				if h, ok := dc.(*tenantpg.Conn); ok {
+					int4AsInt8(h.Conn())
+				} else {
+					int4AsInt8(dc.(*stdlib.Conn).Conn())
+				}
+				return nil
+			})
+			if err != nil {
+				return err.Error()
+			}
+			var v any
+			if !rs.Next() {
+				return fmt.Sprintf("no row: %v", rs.Err())
+			}
+			if err := rs.Scan(&v); err != nil {
+				return "error: " + err.Error()
+			}
+			return fmt.Sprintf("%T %#v", v, v)
 		}
-		err := tp.Raw(func(dc any) error { int4AsInt8(dc.(*tenantpg.Conn).Conn()); return nil })
-		if err != nil {
-			t.Fatal(err)
+		want := read(std)
+		if want == "int64 7" || strings.HasPrefix(want, "before") {
+			t.Fatalf("stdlib gives %s: the test checks nothing", want)
 		}
-		if got := scanOne(ctx, tp, q, new(any)); got != want {
-			t.Fatalf("after registering int4 as int8: tenantpg %s, stdlib %s", got, want)
+		if got := read(tp); got != want {
+			t.Fatalf("registered while rows were open: tenantpg %s, stdlib %s", got, want)
 		}
 	})
 
