@@ -132,6 +132,13 @@
 // Deallocate per checkout; with cache_statement pgx keeps it prepared per
 // connection.
 //
+// Query results reach database/sql as pgx's stdlib gives them (the same Go
+// type per column type, the same column metadata, and on Go 1.27 the same
+// scanning into pgx types), but tenantpg keeps the scan plans with each
+// connection instead of planning every query again. A type registered
+// inside (*sql.Conn).Raw applies from the next query on; register types
+// in an AfterConnect hook rather than from a query tracer.
+//
 // Stats and per-tenant pools are reachable from a *sql.DB with DBStats,
 // ConnectorOf and Pool; inside (*sql.Conn).Raw the driver connection is a
 // *Conn, whose ConnContext method returns the tenant's *pgx.Conn.
