@@ -113,12 +113,14 @@ func kindOf(oid uint32) valueKind {
 type scanCache struct {
 	keys  [scanPlans]uint64 // planKey of plans[i]; 0 for none
 	plans [scanPlans]scanPlan
-	next  uint8 // the entry a new plan takes when all are in use
+	next  uint8 // the entry the next new plan takes: round robin, so the oldest once all are in use
 
 	// Targets. A plan scans into one and the value is copied out at once,
-	// as stdlib's per-query closures do with theirs; every plan for a
-	// []byte or a string allocates a new one, so a value handed out earlier
-	// never shares memory with a later one.
+	// as stdlib's per-query closures do with theirs; every plan of pgx's
+	// built-in codecs for a []byte or a string allocates a new one, so a
+	// value handed out earlier never shares memory with a later one, and
+	// value clears those two so that the cache does not keep the last one
+	// alive.
 	b    bool
 	by   []byte
 	u32  pgtype.Uint32
