@@ -6,15 +6,17 @@
 // its quartiles, and the client CPU and allocations per query (getrusage,
 // runtime.MemStats), which show costs that throughput hides in noise.
 //
-// By default it compares one tenant against stdlib.OpenDB; with -checkout
-// it runs db.Conn and Close without a query, which isolates the checkout
-// path. With -tenants N it queries a random one of N tenants per query
+// By default it compares one tenant against stdlib.OpenDB directly in
+// cache_statement mode, with -bouncer through PgBouncer in exec mode (the
+// routes of tenantpg-bench's section 1); with -checkout it runs db.Conn and
+// Close without a query, which isolates the checkout path. With -tenants N it queries a random one of N tenants per query
 // (the setting route, pool_max_conns=2) against a map of one *sql.DB per
 // tenant, as section 2 of tenantpg-bench does. Run it several times: which
 // server backend and core a connection gets is drawn once per process and
 // moves one process's ratio by about ±1%.
 //
 //	go run ./cmd/tenantpg-probe -workers 8 -rounds 20
+//	go run ./cmd/tenantpg-probe -bouncer -workers 8
 //	go run ./cmd/tenantpg-probe -tenants 60
 package main
 
@@ -51,6 +53,7 @@ func main() {
 	rounds := flag.Int("rounds", 20, "interleaved rounds")
 	dur := flag.Duration("duration", time.Second, "one contender's run in a round")
 	checkout := flag.Bool("checkout", false, "db.Conn and Close only, no query")
+	bouncer := flag.Bool("bouncer", false, "one tenant through PgBouncer in exec mode instead of directly in cache_statement")
 	all := flag.Bool("all", false, "also stdlib.OpenDB queried with tenantpg's context, and OpenDBFromPool keeping its connections")
 	tenants := flag.Int("tenants", 0, "if > 0: a random one of that many tenants per query, tenantpg against a map of *sql.DB (PostgreSQL's max_connections of 300 allows up to 70)")
 	flag.Parse()
@@ -63,7 +66,7 @@ func main() {
 		if *tenants > 0 {
 			cs, done, err = manyTenants(ctx, env, *tenants)
 		} else {
-			cs, done, err = oneTenant(ctx, env, *checkout, *all)
+			cs, done, err = oneTenant(ctx, env, *checkout, *all, *bouncer)
 		}
 		if err == nil {
 			defer done()
@@ -78,11 +81,14 @@ func main() {
 
 // oneTenant returns tenantpg and stdlib.OpenDB (and with all, two more)
 // querying tenant t01, or only checking out with checkout.
-func oneTenant(ctx context.Context, env *pgtest.Env, checkout, all bool) ([]contender, func(), error) {
+func oneTenant(ctx context.Context, env *pgtest.Env, checkout, all, bouncer bool) ([]contender, func(), error) {
 	// The URL has ?sslmode=disable. pool_max_conns is for pools only: pgx
 	// would send it to the server as a setting.
-	direct := env.DirectURL(env.AppUser, env.AppDatabase) + "&default_query_exec_mode=cache_statement"
-	base := direct + "&pool_max_conns=8"
+	url := env.DirectURL(env.AppUser, env.AppDatabase) + "&default_query_exec_mode=cache_statement"
+	if bouncer { // as section 1 of tenantpg-bench runs PgBouncer
+		url = env.BouncerURL(env.AppUser, env.AppDatabase) + "&default_query_exec_mode=exec"
+	}
+	base := url + "&pool_max_conns=8"
 	cfg, err := tenantpg.ParseConfig(base + "&tenant_user={user}.{tenant}")
 	if err != nil {
 		return nil, nil, err
@@ -91,7 +97,7 @@ func oneTenant(ctx context.Context, env *pgtest.Env, checkout, all bool) ([]cont
 	if err != nil {
 		return nil, nil, err
 	}
-	cc, err := pgx.ParseConfig(direct + "&user=app.t01")
+	cc, err := pgx.ParseConfig(url + "&user=app.t01")
 	if err != nil {
 		return nil, nil, err
 	}
