@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/tenantpg/tenantpg"
+	"github.com/tenantpg/tenantpg/internal/benchops"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
 
@@ -53,15 +53,9 @@ func BenchmarkManyTenants(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		dbs := map[string]*sql.DB{}
-		for _, t := range ids {
-			cc := base.Copy()
-			cc.RuntimeParams["app.tenant_id"] = t
-			db := stdlib.OpenDB(*cc)
-			db.SetMaxOpenConns(2)
-			db.SetMaxIdleConns(2)
+		dbs := benchops.MapOfDBs(base, ids, 2)
+		for _, db := range dbs {
 			defer db.Close()
-			dbs[t] = db
 		}
 		run(b, func(ctx context.Context, t string) *sql.Row { return dbs[t].QueryRowContext(ctx, query) })
 	})

@@ -204,43 +204,17 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 	perQuery := base.Copy()
 	perQuery.RuntimeParams["application_name"] = "per-query"
 	base.RuntimeParams["application_name"] = "map"
-	dbs := make(map[string]*sql.DB, len(ids))
-	for _, id := range ids {
-		cc := base.Copy()
-		cc.RuntimeParams["app.tenant_id"] = id
-		db := stdlib.OpenDB(*cc)
-		db.SetMaxOpenConns(perTenant)
-		db.SetMaxIdleConns(perTenant)
-		dbs[id] = db
-	}
+	dbs := benchops.MapOfDBs(base, ids, perTenant)
 	pick := func(w, i int) string { return ids[rand.IntN(len(ids))] }
-	// warm opens perTenant connections for every tenant, as a steady load
-	// would, so that the measured rounds compare reuse, not first dials.
-	warm := func(q func(ctx context.Context, t string) error) func(context.Context) {
-		return func(ctx context.Context) {
-			var wg sync.WaitGroup
-			sem := make(chan struct{}, 16)
-			for _, t := range ids {
-				for k := 0; k < perTenant; k++ {
-					wg.Add(1)
-					sem <- struct{}{}
-					go func() {
-						defer wg.Done()
-						defer func() { <-sem }()
-						_ = q(ctx, t)
-					}()
-				}
-			}
-			wg.Wait()
-		}
+	warm := func(hold func(ctx context.Context, t string) error) func(context.Context) {
+		return func(ctx context.Context) { benchops.Warm(ctx, ids, perTenant, hold) }
 	}
 	cs = []contender{
 		{name: "map of *sql.DB", app: "map", op: func(ctx context.Context, w, i int) error {
 			t := pick(w, i)
 			return benchops.CheckSetting(ctx, dbs[t], t)
 		}, warm: warm(func(ctx context.Context, t string) error {
-			_, err := dbs[t].ExecContext(ctx, "select pg_sleep(0.05)")
-			return err
+			return benchops.Hold(ctx, dbs[t])
 		}), close: func() {
 			for _, db := range dbs {
 				db.Close()
@@ -250,8 +224,7 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 			t := pick(w, i)
 			return benchops.CheckSetting(tenantpg.WithTenant(ctx, t), tp, t)
 		}, warm: warm(func(ctx context.Context, t string) error {
-			_, err := tp.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
-			return err
+			return benchops.Hold(tenantpg.WithTenant(ctx, t), tp)
 		}), close: func() { tp.Close() }},
 	}
 	if sqlOpen {
@@ -259,8 +232,7 @@ func (b *bench) manyContenders(ctx context.Context, ids []string, perTenant, bud
 			t := pick(w, i)
 			return benchops.CheckSetting(tenantpg.WithTenant(ctx, t), tpOpen, t)
 		}, warm: warm(func(ctx context.Context, t string) error {
-			_, err := tpOpen.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
-			return err
+			return benchops.Hold(tenantpg.WithTenant(ctx, t), tpOpen)
 		}), close: func() { tpOpen.Close() }})
 	}
 	cs = append(cs, contender{name: "connection per query", app: "per-query", op: func(ctx context.Context, w, i int) error {

@@ -164,42 +164,18 @@ func manyTenants(ctx context.Context, env *pgtest.Env, n int) ([]contender, func
 		tp.Close()
 		return nil, nil, err
 	}
-	dbs := map[string]*sql.DB{}
+	dbs := benchops.MapOfDBs(base, ids, 2)
 	done := func() {
 		tp.Close()
 		for _, db := range dbs {
 			db.Close()
 		}
 	}
-	for _, id := range ids {
-		cc := base.Copy()
-		cc.RuntimeParams["app.tenant_id"] = id
-		db := stdlib.OpenDB(*cc)
-		db.SetMaxOpenConns(2)
-		db.SetMaxIdleConns(2)
-		dbs[id] = db
-	}
 	// Two connections per tenant for each, as a steady load would open.
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	for _, t := range ids {
-		for range 2 {
-			for _, warm := range []func() error{
-				func() error { _, err := dbs[t].ExecContext(ctx, "select pg_sleep(0.05)"); return err },
-				func() error {
-					_, err := tp.ExecContext(tenantpg.WithTenant(ctx, t), "select pg_sleep(0.05)")
-					return err
-				},
-			} {
-				sem <- struct{}{}
-				wg.Go(func() {
-					defer func() { <-sem }()
-					_ = warm() // a failure shows in the measured rounds
-				})
-			}
-		}
-	}
-	wg.Wait()
+	benchops.Warm(ctx, ids, 2, func(ctx context.Context, t string) error { return benchops.Hold(ctx, dbs[t]) })
+	benchops.Warm(ctx, ids, 2, func(ctx context.Context, t string) error {
+		return benchops.Hold(tenantpg.WithTenant(ctx, t), tp)
+	})
 	pick := func() string { return ids[rand.IntN(len(ids))] }
 	return []contender{
 		{"map of *sql.DB", func(int) error { t := pick(); return benchops.CheckSetting(ctx, dbs[t], t) }},
