@@ -290,12 +290,25 @@ func TestRowsFollowTypeRegistration(t *testing.T) {
 	int4AsInt8 := func(conn *pgx.Conn) {
 		conn.TypeMap().RegisterType(&pgtype.Type{Name: "int4", OID: pgtype.Int4OID, Codec: pgtype.Int8Codec{}})
 	}
+	// rawInt4AsInt8 registers it on the connection behind c, of
+	// stdlib.OpenDB or of tenantpg (through Conn; ConnContext is tested
+	// below).
+	rawInt4AsInt8 := func(c *sql.Conn) error {
+		return c.Raw(func(dc any) error {
+			if h, ok := dc.(*tenantpg.Conn); ok {
+				int4AsInt8(h.Conn())
+			} else {
+				int4AsInt8(dc.(*stdlib.Conn).Conn())
+			}
+			return nil
+		})
+	}
 	// want is what stdlib gives after the registration.
 	want := func(t *testing.T) string {
 		ctx := testCtx(t)
 		std, _ := rowsPair(t, env, "cache_statement")
 		before := scanOne(ctx, std, q, new(any))
-		if err := std.Raw(func(dc any) error { int4AsInt8(dc.(*stdlib.Conn).Conn()); return nil }); err != nil {
+		if err := rawInt4AsInt8(std); err != nil {
 			t.Fatal(err)
 		}
 		after := scanOne(ctx, std, q, new(any))
@@ -348,15 +361,7 @@ func TestRowsFollowTypeRegistration(t *testing.T) {
 				return err.Error()
 			}
 			defer rs.Close()
-			err = c.Raw(func(dc any) error {
-				if h, ok := dc.(*tenantpg.Conn); ok {
-					int4AsInt8(h.Conn())
-				} else {
-					int4AsInt8(dc.(*stdlib.Conn).Conn())
-				}
-				return nil
-			})
-			if err != nil {
+			if err := rawInt4AsInt8(c); err != nil {
 				return err.Error()
 			}
 			var v any
