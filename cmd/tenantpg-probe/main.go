@@ -13,11 +13,15 @@
 // (the setting route, pool_max_conns=2) against a map of one *sql.DB per
 // tenant, as section 2 of tenantpg-bench does. Run it several times: which
 // server backend and core a connection gets is drawn once per process and
-// moves one process's ratio by about ±1%.
+// moves one process's ratio by about ±1%. With -cpuprofile it writes a CPU
+// profile whose samples carry the contender's name as the label contender,
+// so that one run profiles both sides: go tool pprof -tagfocus
+// contender=tenantpg (or =stdlib.OpenDB).
 //
 //	go run ./cmd/tenantpg-probe -workers 8 -rounds 20
 //	go run ./cmd/tenantpg-probe -bouncer -workers 8
 //	go run ./cmd/tenantpg-probe -tenants 60
+//	go run ./cmd/tenantpg-probe -cpuprofile /tmp/probe.prof
 package main
 
 import (
@@ -28,6 +32,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -56,7 +61,19 @@ func main() {
 	bouncer := flag.Bool("bouncer", false, "one tenant through PgBouncer in exec mode instead of directly in cache_statement")
 	all := flag.Bool("all", false, "also stdlib.OpenDB queried with tenantpg's context, and OpenDBFromPool keeping its connections")
 	tenants := flag.Int("tenants", 0, "if > 0: a random one of that many tenants per query, tenantpg against a map of *sql.DB (PostgreSQL's max_connections of 300 allows up to 70)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file, samples labelled contender=<name> (go tool pprof -tagfocus)")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tenantpg-probe:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx := context.Background()
 	env, err := pgtest.Start(ctx, pgtest.Options{Tenants: []string{"t01"}, PoolSize: 20})
 	if err == nil {
@@ -233,15 +250,18 @@ func measure(c contender, workers int, d time.Duration) (int64, time.Duration, e
 	stop := time.Now().Add(d)
 	start := time.Now()
 	var wg sync.WaitGroup
+	labels := pprof.Labels("contender", c.name)
 	for range workers {
 		wg.Go(func() {
-			for i := 0; time.Now().Before(stop); i++ {
-				if err := c.op(i); err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
+			pprof.Do(context.Background(), labels, func(context.Context) {
+				for i := 0; time.Now().Before(stop); i++ {
+					if err := c.op(i); err != nil {
+						firstErr.CompareAndSwap(nil, err)
+						return
+					}
+					ops.Add(1)
 				}
-				ops.Add(1)
-			}
+			})
 		})
 	}
 	wg.Wait()
