@@ -1,4 +1,4 @@
-// Package orm tests tenantpg under GORM, sqlx, ent, bun and sqlc-style code
+// Package orm tests tenantpg under GORM, sqlx, ent, bun and sqlc's generated code
 // against a real PostgreSQL and PgBouncer (internal/pgtest). It is a module
 // of its own so that the ORMs stay out of the library's go.mod.
 //
@@ -12,7 +12,7 @@
 //     rejects the search_path startup parameter).
 //   - Direct, row-level security: tenant_setting=app.tenant_id.
 //
-// Prepared-statement modes (GORM PrepareStmt, sqlx Preparex/PrepareNamed)
-// run on every route, PgBouncer 1.18 in transaction mode included: tenantpg's
+// Prepared-statement modes (GORM PrepareStmt, sqlx Preparex/PrepareNamed,
+// sqlc emit_prepared_queries) run on every route, PgBouncer 1.18 in transaction mode included: tenantpg's
 // *sql.Stmt keeps no named statement on the server.
 package orm

@@ -170,3 +170,23 @@ func Example_sqlc() {
 		log.Fatal(err)
 	}
 }
+
+func Example_sqlcPrepared() {
+	sqlDB, err := sql.Open("tenantpg", "postgres://app:secret@pgbouncer.internal:6432/app?tenant_database={tenant}")
+	if err != nil {
+		log.Fatal(err)
+	}
+	sqlDB.SetMaxIdleConns(tenantpg.IdleHandles)
+	ctx := context.Background()
+
+	q, err := sqlcdb.Prepare(tenantpg.WithTenant(ctx, "acme"), sqlDB) // checks every query on acme's connection
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer q.Close()
+	items, err := q.ListItems(tenantpg.WithTenant(ctx, "globex")) // globex's items
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Println(len(items))
+}

@@ -7,16 +7,17 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/integration/orm/sqlcdb"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
 
-// sqlcCRUD runs the generated-style queries for one tenant over *sql.DB,
-// *sql.Tx (WithTx) and *sql.Conn; every row it reads must be the tenant's.
-// It leaves the table as it found it.
-func sqlcCRUD(ctx context.Context, db *sql.DB, tenant string) error {
-	q := sqlcdb.New(db)
+// sqlcCRUD runs the generated queries for one tenant through q (over db:
+// New(db), or Prepare's statements), q.WithTx (*sql.Tx) and New over a
+// *sql.Conn; every row it reads must be the tenant's. It leaves the table as
+// it found it.
+func sqlcCRUD(ctx context.Context, db *sql.DB, q *sqlcdb.Queries, tenant string) error {
 	before, err := q.ListItems(ctx)
 	if err != nil {
 		return err
@@ -77,14 +78,11 @@ func sqlcCRUD(ctx context.Context, db *sql.DB, tenant string) error {
 			if err := tx.Rollback(); err != nil {
 				return err
 			}
-			id, err := qc.CurrentIdentity(ctx)
+			items, err := qc.ListItems(ctx)
 			if err != nil {
 				return err
 			}
-			if id.Database != tenant {
-				return fmt.Errorf("*sql.Conn in database %q", id.Database)
-			}
-			return nil
+			return checkOwn(tenant, itemOwners(items))
 		}()
 		if err != nil {
 			return fmt.Errorf("session: %w", err)
@@ -97,14 +95,26 @@ func sqlcCRUD(ctx context.Context, db *sql.DB, tenant string) error {
 	if len(after) != len(before) {
 		return fmt.Errorf("%d rows after, %d before", len(after), len(before))
 	}
-	owners := make([]string, len(after))
-	for i, it := range after {
-		owners[i] = it.Tenant
-	}
-	return checkOwn(tenant, owners)
+	return checkOwn(tenant, itemOwners(after))
 }
 
-// TestSqlcDatabaseRoute runs sqlc-style queries through PgBouncer with a
+func itemOwners(items []sqlcdb.Item) []string {
+	owners := make([]string, len(items))
+	for i, it := range items {
+		owners[i] = it.Tenant
+	}
+	return owners
+}
+
+func docOwners(docs []sqlcdb.Doc) []string {
+	owners := make([]string, len(docs))
+	for i, d := range docs {
+		owners[i] = d.TenantID
+	}
+	return owners
+}
+
+// TestSqlcDatabaseRoute runs sqlc's queries through PgBouncer with a
 // database alias per tenant, 12 tenants at once.
 func TestSqlcDatabaseRoute(t *testing.T) {
 	env := pgtest.Shared(t)
@@ -112,7 +122,7 @@ func TestSqlcDatabaseRoute(t *testing.T) {
 	ctx := testCtx(t)
 	db := openDB(t, bouncerDatabaseDSN(env))
 	perTenant(t, ctx, ids, func(ctx context.Context, tenant string) error {
-		return sqlcCRUD(ctx, db, tenant)
+		return sqlcCRUD(ctx, db, sqlcdb.New(db), tenant)
 	})
 	checkPools(t, db, ids)
 
@@ -143,11 +153,7 @@ func TestSqlcSupavisorRoute(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			owners := make([]string, len(docs))
-			for i, d := range docs {
-				owners[i] = d.TenantID
-			}
-			if err := checkOwn(tenant, owners); err != nil || len(docs) < 2 {
+			if err := checkOwn(tenant, docOwners(docs)); err != nil || len(docs) < 2 {
 				return fmt.Errorf("%d docs: %v", len(docs), err)
 			}
 		}
@@ -157,4 +163,64 @@ func TestSqlcSupavisorRoute(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSqlcPreparedQueries runs the code sqlc generates with
+// emit_prepared_queries: Prepare, under one tenant's context, prepares every
+// query once as a *sql.Stmt on a DB, and 12 tenants share those statements
+// at once (and through WithTx, which takes them into each transaction with
+// tx.StmtContext); every row each reads must be its own. On the direct
+// route the tenant is a schema and an RLS setting, in both exec modes;
+// through PgBouncer it is a database alias.
+func TestSqlcPreparedQueries(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := provision(t, env)
+	ctx := testCtx(t)
+	// Prepare checks every query on the preparing tenant's connection, so
+	// each route needs every table of schema.sql: the tenant databases have
+	// items; give them docs too.
+	for _, id := range ids {
+		superExec(t, env, id, `create table if not exists public.docs (id serial primary key, tenant_id text not null, body text not null);
+			grant all on public.docs, public.docs_id_seq to `+pgx.Identifier{env.AppUser}.Sanitize())
+	}
+	direct := withParams(env.DirectURL(env.AppUser, env.AppDatabase),
+		"tenant_schema={tenant},public", "tenant_setting=app.tenant_id", "tenant_max_conns=24", "pool_max_conns=2")
+	for _, rt := range []struct {
+		name, dsn string
+		rls       bool // docs are the tenant's by row-level security
+	}{
+		{"direct, cache_statement", withParams(direct, "default_query_exec_mode=cache_statement"), true},
+		{"direct, exec", withParams(direct, "default_query_exec_mode=exec"), true},
+		{"PgBouncer database alias", bouncerDatabaseDSN(env), false},
+	} {
+		t.Run(rt.name, func(t *testing.T) {
+			db := openDB(t, rt.dsn)
+			if _, err := sqlcdb.Prepare(context.Background(), db); !errors.Is(err, tenantpg.ErrNoTenant) {
+				t.Fatalf("Prepare without a tenant: %v, want ErrNoTenant", err)
+			}
+			q, err := sqlcdb.Prepare(tenantpg.WithTenant(ctx, ids[0]), db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer q.Close()
+			perTenant(t, ctx, ids, func(ctx context.Context, tenant string) error {
+				if err := sqlcCRUD(ctx, db, q, tenant); err != nil {
+					return err
+				}
+				docs, err := q.ListDocs(ctx)
+				if err != nil {
+					return err
+				}
+				if err := checkOwn(tenant, docOwners(docs)); err != nil || rt.rls && len(docs) < 2 {
+					return fmt.Errorf("%d docs: %v", len(docs), err)
+				}
+				return nil
+			})
+			checkPools(t, db, ids)
+			// The statements need a tenant to run, as every query does.
+			if _, err := q.ListItems(context.Background()); !errors.Is(err, tenantpg.ErrNoTenant) {
+				t.Fatalf("prepared query without a tenant: %v, want ErrNoTenant", err)
+			}
+		})
+	}
 }

@@ -1,7 +1,3 @@
--- Queries in sqlc's input format; query.sql.go is the code sqlc generates
--- for them (written out by hand here, in sqlc's shape, to keep sqlc itself
--- out of the build).
-
 -- name: CreateItem :one
 INSERT INTO items (tenant, val) VALUES ($1, $2) RETURNING id, tenant, val;
 
