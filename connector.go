@@ -346,7 +346,8 @@ func (c *Connector) Close() error {
 // it count against the budget. Connections parked for database/sql's next
 // checkout are given back to the pool first, so that its idle connections
 // are all there. The pool is closed when the tenant has been idle for
-// tenant_pool_idle, so fetch it per unit of work rather than keeping it.
+// tenant_pool_idle, or by Forget, so fetch it per unit of work rather than
+// keeping it.
 // Errors are those of Connect's tenant resolution.
 func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, error) {
 	e, err := c.set.enter(ctx, tenant)
@@ -356,6 +357,34 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 	e.unparkAll()
 	e.inflight.Add(-1)
 	return e.pool, nil
+}
+
+// Forget makes the connector forget tenant, for when where or as whom the
+// tenant connects has changed (a tenant moved to another server, new
+// credentials behind Resolve), or the tenant is gone and its database is
+// to be dropped. The tenant's next request resolves it again (templates,
+// then Resolve) and so connects to wherever Resolve says then; a rejection
+// of the tenant in the negative cache is dropped. When the tenant's pool
+// serves no other tenant, Forget closes it and waits for that: at once if
+// none of its connections is checked out, otherwise as soon as the last
+// one (an open transaction, a *sql.Conn, rows being read) is released.
+// Those keep working until then; requests for the tenant made meanwhile
+// get connections from a new pool. If ctx ends first, Forget returns ctx's
+// error and the pool is closed when it is no longer used, all the same.
+// Forget does not stop new requests for the tenant: stop sending them
+// first if no connection may remain (to drop its database, say).
+//
+// It returns nil for a tenant the connector has no pool for, an error
+// matching ErrInvalidTenant for an invalid id, and ErrClosed after Close.
+func (c *Connector) Forget(ctx context.Context, tenant string) error {
+	if err := validateTenant(tenant, c.settings.pattern); err != nil {
+		return err
+	}
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	c.rejects.forget(tenant)
+	return c.set.forget(ctx, tenant)
 }
 
 // log sends an event to Config.Logger, if any.

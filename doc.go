@@ -114,6 +114,12 @@
 // tenant_reject_ttl without dialing; only one connection attempt at a time
 // reaches a pool that has never connected.
 //
+// A tenant keeps its pool, and so the target it was resolved to, while it
+// is in use. Connector.Forget drops it: the tenant's next request resolves
+// again (after a move to another server, or new credentials behind
+// Resolve), and its pool closes as soon as nothing uses it, which is what
+// dropping a departed tenant's database needs.
+//
 // # Limits of database/sql
 //
 // db.SetMaxOpenConns caps handles, that is concurrent checkouts across all

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/tenantpg/tenantpg"
@@ -197,4 +198,27 @@ func ExampleDBStats() {
 	}
 	// Output:
 	// 0/50 connections, 0 waits, 0 pools
+}
+
+// A tenant has left: close its connections so that its database can be
+// dropped, instead of waiting for tenant_pool_idle. The same call makes a
+// tenant moved to another server (Resolve's new answer) connect there.
+func ExampleConnector_Forget() {
+	db, err := sql.Open("tenantpg", "postgres://app:secret@db.internal:5432/app?tenant_database=tenant_{tenant}")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	c, err := tenantpg.ConnectorOf(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Forget(ctx, "acme"); err != nil {
+		log.Fatal(err) // ctx's error: a transaction of acme's is still open
+	}
+	fmt.Println("no connection to tenant_acme left")
+	// Output:
+	// no connection to tenant_acme left
 }

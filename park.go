@@ -401,4 +401,5 @@ func (e *poolEntry) closePool() {
 	e.parkMu.Unlock()
 	e.unparkAll()
 	e.pool.Close()
+	close(e.closed)
 }

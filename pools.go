@@ -45,6 +45,7 @@ type poolEntry struct {
 	open     atomic.Int32 // physical connections (budget holders)
 	verified atomic.Bool  // a connection succeeded once
 	probe    chan struct{}
+	closed   chan struct{} // closed when closePool has closed the pool
 
 	// Parking; see park.go.
 	parkMu    sync.Mutex
@@ -58,7 +59,7 @@ type poolEntry struct {
 	dials      atomic.Int64 // physical connections opened
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
-	_          [40]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
+	_          [32]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
 }
 
 // touch records a use of e at clock reading now.
@@ -235,6 +236,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, uint3
 		target:  fmt.Sprintf("%s@%s:%d/%s", pc.ConnConfig.User, pc.ConnConfig.Host, pc.ConnConfig.Port, pc.ConnConfig.Database),
 		tenants: map[string]struct{}{tenant: {}},
 		probe:   make(chan struct{}, 1),
+		closed:  make(chan struct{}),
 		created: time.Now(),
 		clock:   &s.c.clock,
 	}
@@ -270,6 +272,55 @@ func (s *poolSet) unmap(tenant string, e *poolEntry) {
 		e.mapGen.Add(1)
 	}
 	s.mu.Unlock()
+}
+
+// forget unmaps tenant and, when that leaves its pool serving no tenant,
+// closes the pool as soon as nothing uses it (see Connector.Forget),
+// waiting for that until ctx ends.
+func (s *poolSet) forget(ctx context.Context, tenant string) error {
+	s.mu.Lock()
+	e := s.tenants[tenant]
+	s.mu.Unlock()
+	if e == nil {
+		return nil
+	}
+	s.unmap(tenant, e)
+	s.c.log(ctx, slog.LevelInfo, "tenantpg: tenant forgotten", slog.String("tenant", tenant),
+		slog.String("target", e.target), slog.Uint64("pool", e.id))
+	var retry *time.Ticker
+	for {
+		s.mu.Lock()
+		if len(e.tenants) != 0 { // shared, or the tenant resolved to the same target again since
+			s.mu.Unlock()
+			return nil
+		}
+		closeIt := retireLocked(e) // false once removed: the reaper or the budget's evictor closes it
+		if closeIt {
+			s.removeLocked(e)
+		}
+		s.mu.Unlock()
+		if closeIt {
+			s.reaped.Add(1)
+			e.closePool()
+			s.c.log(ctx, slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", "forgotten"),
+				slog.String("target", e.target), slog.Uint64("pool", e.id), slog.Any("tenants", []string{tenant}))
+			return nil
+		}
+		// In use: a checkout holds one of its connections (a transaction,
+		// a *sql.Conn, rows being read) or is getting one. The reaper would
+		// close it too once it is unused; waiting here only makes it prompt.
+		if retry == nil {
+			retry = time.NewTicker(10 * time.Millisecond)
+			defer retry.Stop()
+		}
+		select {
+		case <-e.closed:
+			return nil
+		case <-retry.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // removableLocked reports whether e can be closed: nobody is connecting

@@ -96,6 +96,13 @@ func (r *rejectCache) put(tenant string, err error) *RejectedError {
 	return re
 }
 
+// forget drops tenant's rejection, if any.
+func (r *rejectCache) forget(tenant string) {
+	r.mu.Lock()
+	delete(r.m, tenant)
+	r.mu.Unlock()
+}
+
 // purge drops expired rejections.
 func (r *rejectCache) purge(now time.Time) {
 	r.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -66,5 +67,21 @@ func TestRejectCache(t *testing.T) {
 	off.put("a", cause)
 	if off.get("a") != nil || off.len() != 0 {
 		t.Fatal("disabled cache remembered a rejection")
+	}
+}
+
+// TestRejectCacheForget checks that forget drops one tenant's rejection
+// and only that one (Connector.Forget).
+func TestRejectCacheForget(t *testing.T) {
+	r := newRejectCache(time.Minute)
+	r.put("a", errors.New("no"))
+	r.put("b", errors.New("no"))
+	r.forget("a")
+	r.forget("never")
+	if err := r.get("a"); err != nil {
+		t.Errorf("a after forget: %v", err)
+	}
+	if err := r.get("b"); err == nil {
+		t.Error("b was forgotten too")
 	}
 }

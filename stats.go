@@ -26,7 +26,7 @@ type Stats struct {
 	EvictedPools int64 // whole idle pools closed to free slots
 	HandedOff    int64 // released connections closed because others waited
 	PoolsCreated int64
-	PoolsReaped  int64 // pools closed after tenant_pool_idle
+	PoolsReaped  int64 // pools closed after tenant_pool_idle, or left serving no tenant (rejected, or Connector.Forget)
 	Rejected     int   // tenants in the negative cache now
 	Rejections   int64 // tenants rejected by the server so far (cached repeats not counted)
 	NoTenant     int64 // checkouts that ended without a tenant: none in their context and no operation bound one (counted at release)

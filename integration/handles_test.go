@@ -308,14 +308,11 @@ func TestRejectedTenantLosesHandleShortcut(t *testing.T) {
 	if err := env.Provision(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	admin, err := pgx.Connect(ctx, env.DirectURL(env.SuperUser, "postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Cleanups run last in, first out: LOGIN comes back before admin closes
-	// (a deferred Close ran before any cleanup and left the role NOLOGIN
-	// for the next run, go test -count=2).
-	t.Cleanup(func() { admin.Close(context.Background()) })
+	// superConn closes admin in a cleanup, and cleanups run last in, first
+	// out: LOGIN comes back before admin closes (a deferred Close ran before
+	// any cleanup and left the role NOLOGIN for the next run, go test
+	// -count=2).
+	admin := superConn(t, env)
 	role := pgx.Identifier{"app." + id}.Sanitize()
 	t.Cleanup(func() {
 		if _, err := admin.Exec(context.Background(), "alter role "+role+" login"); err != nil {

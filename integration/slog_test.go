@@ -191,6 +191,25 @@ func TestSlogEvents(t *testing.T) {
 		}
 	})
 
+	t.Run("tenant forgotten", func(t *testing.T) {
+		db, h := loggedDB(t, base)
+		ctx := testCtx(t)
+		if _, err := db.ExecContext(tenantpg.WithTenant(ctx, "t01"), "select 1"); err != nil {
+			t.Fatal(err)
+		}
+		c, err := tenantpg.ConnectorOf(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Forget(ctx, "t01"); err != nil {
+			t.Fatal(err)
+		}
+		h.wait(t, "tenantpg: tenant forgotten", time.Second).
+			want(t, slog.LevelInfo, map[string]string{"tenant": "t01", "target": target("t01"), "pool": ""})
+		h.wait(t, "tenantpg: pool closed", time.Second).
+			want(t, slog.LevelInfo, map[string]string{"reason": "forgotten", "target": target("t01"), "pool": "", "tenants": "[t01]"})
+	})
+
 	t.Run("tenant rejected", func(t *testing.T) {
 		db, h := loggedDB(t, base)
 		ctx := tenantpg.WithTenant(testCtx(t), "nosuch")

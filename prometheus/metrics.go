@@ -122,7 +122,7 @@ var globalMetrics = []globalMetric{
 		}},
 	{"tenantpg_pools_created_total", "Tenant pools created.",
 		prometheus.CounterValue, func(s *tenantpg.Stats) float64 { return float64(s.PoolsCreated) }},
-	{"tenantpg_pools_reaped_total", "Tenant pools closed after going unused for tenant_pool_idle.",
+	{"tenantpg_pools_reaped_total", "Tenant pools closed after going unused for tenant_pool_idle, or left serving no tenant (rejected or forgotten).",
 		prometheus.CounterValue, func(s *tenantpg.Stats) float64 { return float64(s.PoolsReaped) }},
 	{"tenantpg_rejected_tenants", "Tenants the server or pooler rejected, failing fast from the negative cache now.",
 		prometheus.GaugeValue, func(s *tenantpg.Stats) float64 { return float64(s.Rejected) }},
