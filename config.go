@@ -53,9 +53,10 @@ type Config struct {
 	// Each name is quoted and the result is sent as the search_path startup
 	// parameter.
 	Schema string
-	// Setting names a setting (DSN tenant_setting), e.g. "app.tenant_id",
-	// sent as a startup parameter whose value is the tenant id, for row-level
-	// security policies that read current_setting.
+	// Setting names a custom setting (DSN tenant_setting), prefix.name such
+	// as "app.tenant_id", sent as a startup parameter whose value is the
+	// tenant id, for row-level security policies that read current_setting.
+	// A name without a dot (a built-in setting) is ErrInvalidConfig.
 	Setting string
 
 	// Pattern is the regular expression a tenant id must match as a whole
@@ -192,7 +193,10 @@ type settings struct {
 
 type verifySet struct{ user, database, schema, setting bool }
 
-var settingName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$`)
+// settingName is a custom setting's name: prefix.name. A built-in setting
+// (search_path, role, statement_timeout, ...) set to the tenant id would
+// change the session in ways tenant_setting is not for.
+var settingName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)+$`)
 
 // compile validates cfg. Errors match ErrInvalidConfig.
 func compile(cfg *Config) (*settings, error) {
@@ -217,7 +221,7 @@ func compile(cfg *Config) (*settings, error) {
 		}
 	}
 	if cfg.Setting != "" && !settingName.MatchString(cfg.Setting) {
-		return nil, invalidConfig("tenant_setting %q is not a setting name such as app.tenant_id", cfg.Setting)
+		return nil, invalidConfig("tenant_setting %q is not a custom setting name (prefix.name) such as app.tenant_id", cfg.Setting)
 	}
 	s.hasRewrite = s.user != nil || s.db != nil || s.schema != nil || cfg.Setting != ""
 	if !s.hasRewrite && cfg.Resolve == nil {

@@ -343,12 +343,15 @@ func (c *Connector) Close() error {
 
 // Pool returns the pgxpool.Pool that serves tenant, creating it if needed,
 // for pgx-native work (CopyFrom, LISTEN, batches). Connections acquired from
-// it count against the budget. Connections parked for database/sql's next
-// checkout are given back to the pool first, so that its idle connections
-// are all there. The pool is closed when the tenant has been idle for
-// tenant_pool_idle, or by Forget, so fetch it per unit of work rather than
-// keeping it.
-// Errors are those of Connect's tenant resolution.
+// it count against the budget: when the pool has no idle connection and no
+// slot is free or can be freed by closing another pool's idle connection,
+// its Acquire fails at once with an error matching ErrBudgetExhausted (it
+// does not wait for a slot as database/sql's checkouts do, so it is not a
+// *BudgetError). Connections parked for database/sql's next checkout are
+// given back to the pool first, so that its idle connections are all there.
+// The pool is closed when the tenant has been idle for tenant_pool_idle, or
+// by Forget, so fetch it per unit of work rather than keeping it. Errors
+// are those of Connect's tenant resolution.
 func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, error) {
 	e, err := c.set.enter(ctx, tenant)
 	if err != nil {

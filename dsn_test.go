@@ -166,6 +166,7 @@ func TestParseConfigErrors(t *testing.T) {
 		"bad idle":           "postgres://h/db?tenant_user={tenant}&tenant_pool_idle=soon",
 		"bad pattern":        "postgres://h/db?tenant_user={tenant}&tenant_pattern=(",
 		"bad setting":        "postgres://h/db?tenant_setting=drop table",
+		"built-in setting":   "postgres://h/db?tenant_setting=role",
 		"bad verify":         "postgres://h/db?tenant_user={tenant}&tenant_verify=maybe",
 		"pool over budget":   "postgres://h/db?tenant_user={tenant}&tenant_max_conns=2&pool_max_conns=3",
 		"min conns + budget": "postgres://h/db?tenant_user={tenant}&tenant_max_conns=2&pool_min_conns=1",

@@ -18,7 +18,7 @@ var ErrNoTenant = errors.New("tenantpg: context carries no tenant (use tenantpg.
 var ErrInvalidTenant = errors.New("tenantpg: invalid tenant")
 
 // ErrInvalidConfig is returned by ParseConfig, NewConnector, OpenDB and
-// sql.Open's first use for a DSN or Config that tenantpg cannot use.
+// sql.Open for a DSN or Config that tenantpg cannot use.
 var ErrInvalidConfig = errors.New("tenantpg: invalid configuration")
 
 // ErrBudgetExhausted is matched (errors.Is) by a *BudgetError: the global
@@ -43,11 +43,14 @@ var ErrIdentityMismatch = errors.New("tenantpg: connection identity does not mat
 // connection.
 var ErrSessionTenant = errors.New("tenantpg: session is bound to another tenant")
 
-// ErrClosed is returned by operations on a closed Connector or *sql.DB.
+// ErrClosed is returned by a closed Connector's Pool and Forget, and by
+// operations of a checkout (a *sql.Conn, Conn.ConnContext) that outlived
+// its Connector. database/sql's own methods on a closed *sql.DB return
+// database/sql's "sql: database is closed" before reaching tenantpg.
 var ErrClosed = errors.New("tenantpg: connector is closed")
 
-// ErrNotTenantpg is returned by Stats and Pool for a *sql.DB that was not
-// opened with the tenantpg driver.
+// ErrNotTenantpg is returned by DBStats, ConnectorOf and Pool for a *sql.DB
+// that was not opened with the tenantpg driver.
 var ErrNotTenantpg = errors.New("tenantpg: *sql.DB does not use the tenantpg driver")
 
 // BudgetError reports that no physical connection could be opened for Tenant

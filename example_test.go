@@ -30,10 +30,12 @@ func Example_supavisor() {
 }
 
 // PgBouncer routes by database alias; with a forced user per alias, each
-// tenant's role and search_path come from PgBouncer's configuration.
+// tenant's role and search_path come from PgBouncer's configuration, and the
+// session's user and database are not the ones tenantpg asked for, so the
+// identity check is off (docs/pgbouncer.md).
 func Example_pgbouncer() {
 	db, err := sql.Open("tenantpg",
-		"postgres://app:secret@pgbouncer.internal:6432/app?tenant_database=tenant_{tenant}&tenant_max_conns=64&pool_max_conns=4")
+		"postgres://app:secret@pgbouncer.internal:6432/app?tenant_database=tenant_{tenant}&tenant_verify=off&tenant_max_conns=64&pool_max_conns=4")
 	if err != nil {
 		log.Fatal(err)
 	}

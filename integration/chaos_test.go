@@ -57,7 +57,8 @@ func TestChaosIsolation(t *testing.T) {
 		budget int // tenant_max_conns, 0: none
 	}{{routeBouncerUser, 160}, {routeBouncerDB, 0}, {routeDirect, 240}}
 	// Each route's *sql.DB runs three phases: sql.Open's default idle pool
-	// (2 connections), a large one (32), none (as OpenDB sets it).
+	// (2 connections), a large one (32), none (SetMaxIdleConns(0): a new
+	// handle per checkout).
 	phases := []int{-1, 32, 0}
 	var grand chaosCounts
 	start := time.Now()

@@ -9,8 +9,8 @@
 // of foreign rows, ...). AssertIsolation then runs that probe for every
 // tenant through every way database/sql hands out connections (autocommit
 // queries, transactions with savepoints, *sql.Conn sessions, streaming
-// rows, a cancelled query followed by a probe, optionally one *sql.Stmt
-// shared by all tenants) from several goroutines in shuffled order, so that
+// rows, a cancelled query followed by a probe, one *sql.Stmt shared by all
+// tenants) from several goroutines in shuffled order, so that
 // connections, idle pools and sessions of different tenants interleave, and
 // reports every answer that is not the tenant's own. It also checks that a
 // context without tenant fails with tenantpg.ErrNoTenant instead of
