@@ -230,6 +230,12 @@ func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (*
 
 // connectError turns a pool error into tenantpg's typed errors.
 func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntry, err error) error {
+	if c.closed.Load() {
+		// Close cancelled the dial (pgxpool.Close cancels connections being
+		// built), or the pool was closed under the caller: either way the
+		// reason is Close, not the server.
+		return fmt.Errorf("%w (the connect of tenant %q ended with: %v)", ErrClosed, tenant, err)
+	}
 	var ie *IdentityError
 	if errors.As(err, &ie) {
 		c.log(ctx, slog.LevelError, "tenantpg: identity check failed", slog.String("tenant", tenant), slog.String("target", e.target),
@@ -239,8 +245,7 @@ func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntr
 	if pe, ok := rejection(err); ok {
 		e.rejections.Add(1)
 		c.rejections.Add(1)
-		re := c.rejects.put(tenant, err)
-		c.set.unmap(tenant, e)
+		re := c.set.reject(tenant, e, err)
 		c.log(ctx, slog.LevelWarn, "tenantpg: tenant rejected", slog.String("tenant", tenant), slog.String("target", e.target),
 			slog.String("code", pe.Code), slog.String("error", err.Error()))
 		return re
@@ -325,8 +330,11 @@ func (c *Connector) reaper() {
 func (c *Connector) Driver() driver.Driver { return &Driver{c: c} }
 
 // Close closes every tenant pool, waiting for checked-out connections to be
-// returned, and stops tenantpg's background goroutine. Budget waiters fail
-// with ErrClosed. It is called by (*sql.DB).Close and always returns nil.
+// returned and for connections being dialed to be abandoned (pgxpool cancels
+// them; Close waits for their sockets to close for up to closeDialWait), and
+// stops tenantpg's background goroutine. Budget waiters and connects under
+// way fail with ErrClosed. It is called by (*sql.DB).Close and always
+// returns nil.
 func (c *Connector) Close() error {
 	c.closeOnce.Do(func() {
 		c.set.mu.Lock()
@@ -337,9 +345,18 @@ func (c *Connector) Close() error {
 		c.reaperWG.Wait()
 		c.set.closeAll()
 		c.closers.Wait()
+		// pgxpool.Close does not wait for connections it is still building:
+		// it cancels them and they close on pgxpool's goroutines.
+		for deadline := time.Now().Add(closeDialWait); c.budget.open.Load() > 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 	})
 	return nil
 }
+
+// closeDialWait bounds how long Close waits for cancelled dials to close
+// their sockets.
+const closeDialWait = 2 * time.Second
 
 // Pool returns the pgxpool.Pool that serves tenant, creating it if needed,
 // for pgx-native work (CopyFrom, LISTEN, batches). Connections acquired from
@@ -366,16 +383,22 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 // tenant connects has changed (a tenant moved to another server, new
 // credentials behind Resolve), or the tenant is gone and its database is
 // to be dropped. The tenant's next request resolves it again (templates,
-// then Resolve) and so connects to wherever Resolve says then; a rejection
-// of the tenant in the negative cache is dropped. When the tenant's pool
-// serves no other tenant, Forget closes it and waits for that: at once if
-// none of its connections is checked out, otherwise as soon as the last
-// one (an open transaction, a *sql.Conn, rows being read) is released.
-// Those keep working until then; requests for the tenant made meanwhile
-// get connections from a new pool. If ctx ends first, Forget returns ctx's
-// error and the pool is closed when it is no longer used, all the same.
-// Forget does not stop new requests for the tenant: stop sending them
-// first if no connection may remain (to drop its database, say).
+// then Resolve, asked again if it was answering when Forget ran) and so
+// connects to wherever Resolve says then; a rejection of the tenant in the
+// negative cache is dropped, and a rejection by the old pool that arrives
+// later is not cached.
+//
+// Forget then closes the tenant's pool, unless other tenants share it, and
+// waits until it is closed: at once if none of its connections is checked
+// out, otherwise after the last one (an open transaction, a *sql.Conn, rows
+// being read) is released, within a tick of tenantpg's reaper (at most
+// 500 ms). Those keep working until then. If ctx ends first, Forget returns
+// ctx's error and the pool is closed when it is unused all the same; a
+// later Forget of the tenant waits for it too. Requests for the tenant
+// made meanwhile get a new pool if Resolve's answer changed; if it did not,
+// they use the old pool again, and it stays open. So Forget does not stop
+// the tenant's traffic: stop sending its requests first if no connection
+// may remain (to drop its database, say).
 //
 // It returns nil for a tenant the connector has no pool for, an error
 // matching ErrInvalidTenant for an invalid id, and ErrClosed after Close.

@@ -37,8 +37,9 @@ type poolEntry struct {
 	connector driver.Connector // stdlib.GetPoolConnector(pool)
 	created   time.Time
 
-	tenants map[string]struct{} // guarded by poolSet.mu
-	removed bool                // guarded by poolSet.mu
+	tenants   map[string]struct{} // guarded by poolSet.mu
+	removed   bool                // guarded by poolSet.mu
+	forgotten bool                // guarded by poolSet.mu: Forget unmapped a tenant from it
 
 	inflight atomic.Int32 // Connect calls using the entry right now
 	retiring atomic.Bool  // being checked for removal, or removed: enterGen takes the lock (see retireLocked)
@@ -82,7 +83,11 @@ type poolSet struct {
 	live    sync.Map // tenant -> *poolEntry
 	targets map[string]*poolEntry
 	calls   map[string]*resolveCall // tenants being resolved
-	peak    int                     // highest len(tenants) since the last compaction
+	// forgotten holds, per tenant, the pools Forget unmapped it from until
+	// they are closed, so that a Forget that gave up waiting and is called
+	// again waits for them too. The reaper prunes closed ones.
+	forgotten map[string][]*poolEntry
+	peak      int // highest len(tenants) since the last compaction
 
 	created atomic.Int64
 	reaped  atomic.Int64
@@ -90,16 +95,18 @@ type poolSet struct {
 }
 
 type resolveCall struct {
-	done chan struct{}
-	err  error
+	done  chan struct{}
+	err   error
+	stale bool // guarded by poolSet.mu: Forget ran while Resolve was answering, so ask again
 }
 
 func newPoolSet(c *Connector) *poolSet {
 	return &poolSet{
-		c:       c,
-		tenants: map[string]*poolEntry{},
-		targets: map[string]*poolEntry{},
-		calls:   map[string]*resolveCall{},
+		c:         c,
+		tenants:   map[string]*poolEntry{},
+		targets:   map[string]*poolEntry{},
+		calls:     map[string]*resolveCall{},
+		forgotten: map[string][]*poolEntry{},
 	}
 }
 
@@ -185,7 +192,7 @@ func (s *poolSet) enterGen(ctx context.Context, tenant string) (*poolEntry, uint
 		s.calls[tenant] = call
 		s.mu.Unlock()
 
-		e, gen, err := s.resolve(ctx, tenant)
+		e, gen, err := s.resolve(ctx, tenant, call)
 
 		s.mu.Lock()
 		delete(s.calls, tenant)
@@ -204,18 +211,28 @@ func isContextError(err error) bool {
 // it, creating the pool if no other tenant shares that target. The entry is
 // returned with its inflight count raised, so that the reaper cannot close
 // it before the caller uses it.
-func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, uint32, error) {
+func (s *poolSet) resolve(ctx context.Context, tenant string, call *resolveCall) (*poolEntry, uint32, error) {
 	st := s.c.settings
-	pc, id, err := st.resolve(ctx, tenant)
-	if err != nil {
-		return nil, 0, err
+	var pc *pgxpool.Config
+	var id identity
+	var key string
+	for {
+		var err error
+		pc, id, err = st.resolve(ctx, tenant)
+		if err != nil {
+			return nil, 0, err
+		}
+		key = targetKey(pc)
+		if !st.cfg.SharePools {
+			key = fmt.Sprintf("%q|%s", tenant, key)
+		}
+		s.mu.Lock()
+		if !call.stale {
+			break // with mu held
+		}
+		call.stale = false // Forget ran meanwhile: the answer may be the old one
+		s.mu.Unlock()
 	}
-	key := targetKey(pc)
-	if !st.cfg.SharePools {
-		key = fmt.Sprintf("%q|%s", tenant, key)
-	}
-
-	s.mu.Lock()
 	if s.c.closed.Load() {
 		s.mu.Unlock()
 		return nil, 0, ErrClosed
@@ -262,65 +279,90 @@ func (s *poolSet) resolve(ctx context.Context, tenant string) (*poolEntry, uint3
 	return e, 0, nil
 }
 
-// unmap removes a tenant's mapping, so that its next request resolves again.
+// unmap removes a tenant's mapping to e, so that its next request resolves
+// again.
 func (s *poolSet) unmap(tenant string, e *poolEntry) {
 	s.mu.Lock()
 	if s.tenants[tenant] == e {
-		delete(s.tenants, tenant)
-		s.live.Delete(tenant) // before mapGen changes: see enterGen
-		delete(e.tenants, tenant)
-		e.mapGen.Add(1)
+		s.unmapLocked(tenant, e)
 	}
 	s.mu.Unlock()
 }
 
-// forget unmaps tenant and, when that leaves its pool serving no tenant,
-// closes the pool as soon as nothing uses it (see Connector.Forget),
-// waiting for that until ctx ends.
+func (s *poolSet) unmapLocked(tenant string, e *poolEntry) {
+	delete(s.tenants, tenant)
+	s.live.Delete(tenant) // before mapGen changes: see enterGen
+	delete(e.tenants, tenant)
+	e.mapGen.Add(1)
+}
+
+// forget unmaps tenant, drops its rejection, makes a resolve of it under
+// way ask Resolve again, and closes the pools Forget has unmapped it from
+// (now or before) that serve no tenant, as soon as nothing uses them,
+// waiting for that until ctx ends (see Connector.Forget).
 func (s *poolSet) forget(ctx context.Context, tenant string) error {
 	s.mu.Lock()
-	e := s.tenants[tenant]
-	s.mu.Unlock()
-	if e == nil {
-		return nil
+	// Under mu, as rejections are cached: a dial of the old pool that the
+	// server rejects after this point finds the tenant unmapped and caches
+	// nothing (reject).
+	s.c.rejects.forget(tenant)
+	if call := s.calls[tenant]; call != nil {
+		call.stale = true
 	}
-	s.unmap(tenant, e)
-	s.c.log(ctx, slog.LevelInfo, "tenantpg: tenant forgotten", slog.String("tenant", tenant),
-		slog.String("target", e.target), slog.Uint64("pool", e.id))
-	var retry *time.Ticker
-	for {
-		s.mu.Lock()
-		if len(e.tenants) != 0 { // shared, or the tenant resolved to the same target again since
-			s.mu.Unlock()
-			return nil
+	e := s.tenants[tenant]
+	if e != nil {
+		s.unmapLocked(tenant, e)
+		e.forgotten = true
+		s.forgotten[tenant] = append(s.forgotten[tenant], e)
+	}
+	var wait []*poolEntry
+	for _, f := range s.forgotten[tenant] {
+		if !f.removed && len(f.tenants) != 0 {
+			continue // shared with other tenants, or the tenant resolved to it again: it stays
 		}
-		closeIt := retireLocked(e) // false once removed: the reaper or the budget's evictor closes it
-		if closeIt {
-			s.removeLocked(e)
-		}
-		s.mu.Unlock()
-		if closeIt {
+		// Unused now: close it. In use (a checkout holds a connection or is
+		// getting one): the reaper closes it when it is not, as it closes
+		// every pool that serves no tenant. Removed: being closed.
+		if retireLocked(f) {
+			s.removeLocked(f)
 			s.reaped.Add(1)
-			e.closePool()
-			s.c.log(ctx, slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", "forgotten"),
-				slog.String("target", e.target), slog.Uint64("pool", e.id), slog.Any("tenants", []string{tenant}))
-			return nil
+			s.c.closers.Add(1)
+			go func() {
+				defer s.c.closers.Done()
+				f.closePool() // off the caller: pgxpool.Close waits for pgx-native users of Pool
+				s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", "forgotten"),
+					slog.String("target", f.target), slog.Uint64("pool", f.id), slog.Any("tenants", []string{tenant}))
+			}()
 		}
-		// In use: a checkout holds one of its connections (a transaction,
-		// a *sql.Conn, rows being read) or is getting one. The reaper would
-		// close it too once it is unused; waiting here only makes it prompt.
-		if retry == nil {
-			retry = time.NewTicker(10 * time.Millisecond)
-			defer retry.Stop()
-		}
+		wait = append(wait, f)
+	}
+	s.mu.Unlock()
+	if e != nil {
+		s.c.log(ctx, slog.LevelInfo, "tenantpg: tenant forgotten", slog.String("tenant", tenant),
+			slog.String("target", e.target), slog.Uint64("pool", e.id))
+	}
+	for _, f := range wait {
 		select {
-		case <-e.closed:
-			return nil
-		case <-retry.C:
+		case <-f.closed:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+	return nil
+}
+
+// reject caches a rejection of tenant by a dial of e, and unmaps tenant
+// from e, if tenant is still mapped to e; a rejection by a pool the tenant
+// no longer maps to (Forget ran since the dial began) says nothing about
+// where the tenant connects now and is not cached.
+func (s *poolSet) reject(tenant string, e *poolEntry, err error) *RejectedError {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tenants[tenant] != e {
+		return s.c.rejects.put(tenant, err, false)
+	}
+	s.unmapLocked(tenant, e)
+	return s.c.rejects.put(tenant, err, true)
 }
 
 // removableLocked reports whether e can be closed: nobody is connecting
@@ -463,10 +505,28 @@ func (s *poolSet) reap(now int64, idle time.Duration) int {
 		e.mapGen.Add(1)
 		if retireLocked(e) {
 			reason := "idle"
-			if len(e.tenants) == 0 {
+			switch {
+			case e.forgotten && len(e.tenants) == 0:
+				reason = "forgotten" // and in use when Forget ran
+			case len(e.tenants) == 0:
 				reason = "no tenants" // its tenants were rejected
 			}
 			victims = append(victims, victim{e, reason, s.removeLocked(e)})
+		}
+	}
+	for t, fs := range s.forgotten {
+		fs = slices.DeleteFunc(fs, func(f *poolEntry) bool {
+			select {
+			case <-f.closed:
+				return true
+			default:
+				return false
+			}
+		})
+		if len(fs) == 0 {
+			delete(s.forgotten, t)
+		} else {
+			s.forgotten[t] = fs
 		}
 	}
 	s.compactLocked()

@@ -85,10 +85,13 @@ func (r *rejectCache) get(tenant string) error {
 	return &c
 }
 
-// put records a rejection and returns it.
-func (r *rejectCache) put(tenant string, err error) *RejectedError {
-	re := &RejectedError{Tenant: tenant, Err: err, Until: time.Now().Add(max(r.ttl, 0))}
-	if r.ttl > 0 {
+// put returns a rejection of tenant, recorded if store is set.
+func (r *rejectCache) put(tenant string, err error, store bool) *RejectedError {
+	re := &RejectedError{Tenant: tenant, Err: err, Until: time.Now()}
+	if store {
+		re.Until = re.Until.Add(max(r.ttl, 0))
+	}
+	if store && r.ttl > 0 {
 		r.mu.Lock()
 		r.m[tenant] = re
 		r.mu.Unlock()

@@ -54,7 +54,7 @@ func TestRejectCache(t *testing.T) {
 		t.Fatal("empty cache returned an error")
 	}
 	cause := errors.New("no such database")
-	re := r.put("a", cause)
+	re := r.put("a", cause, true)
 	if re.Cached || !errors.Is(re, ErrTenantRejected) || !errors.Is(re, cause) {
 		t.Fatalf("put returned %+v", re)
 	}
@@ -64,7 +64,7 @@ func TestRejectCache(t *testing.T) {
 		t.Fatalf("get = %v", err)
 	}
 	off := newRejectCache(-1)
-	off.put("a", cause)
+	off.put("a", cause, true)
 	if off.get("a") != nil || off.len() != 0 {
 		t.Fatal("disabled cache remembered a rejection")
 	}
@@ -74,8 +74,8 @@ func TestRejectCache(t *testing.T) {
 // and only that one (Connector.Forget).
 func TestRejectCacheForget(t *testing.T) {
 	r := newRejectCache(time.Minute)
-	r.put("a", errors.New("no"))
-	r.put("b", errors.New("no"))
+	r.put("a", errors.New("no"), true)
+	r.put("b", errors.New("no"), true)
 	r.forget("a")
 	r.forget("never")
 	if err := r.get("a"); err != nil {
