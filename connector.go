@@ -230,17 +230,20 @@ func (c *Connector) connect(ctx context.Context, tenant string, e *poolEntry) (*
 
 // connectError turns a pool error into tenantpg's typed errors.
 func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntry, err error) error {
-	if c.closed.Load() {
-		// Close cancelled the dial (pgxpool.Close cancels connections being
-		// built), or the pool was closed under the caller: either way the
-		// reason is Close, not the server.
-		return fmt.Errorf("%w (the connect of tenant %q ended with: %v)", ErrClosed, tenant, err)
-	}
 	var ie *IdentityError
 	if errors.As(err, &ie) {
 		c.log(ctx, slog.LevelError, "tenantpg: identity check failed", slog.String("tenant", tenant), slog.String("target", e.target),
 			slog.String("field", ie.Field), slog.String("got", ie.Got), slog.String("want", ie.Want))
 		return ie
+	}
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return err
+	}
+	if c.closed.Load() {
+		// Close cancelled the dial (pgxpool.Close cancels connections being
+		// built), or the pool was closed under the caller: either way the
+		// reason is Close, not the server.
+		return fmt.Errorf("%w (the connect of tenant %q ended with: %v)", ErrClosed, tenant, err)
 	}
 	if pe, ok := rejection(err); ok {
 		e.rejections.Add(1)
@@ -249,9 +252,6 @@ func (c *Connector) connectError(ctx context.Context, tenant string, e *poolEntr
 		c.log(ctx, slog.LevelWarn, "tenantpg: tenant rejected", slog.String("tenant", tenant), slog.String("target", e.target),
 			slog.String("code", pe.Code), slog.String("error", err.Error()))
 		return re
-	}
-	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-		return err
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && strings.HasPrefix(pe.Message, "unsupported startup parameter") {
@@ -396,7 +396,8 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 // ctx's error and the pool is closed when it is unused all the same; a
 // later Forget of the tenant waits for it too. Requests for the tenant
 // made meanwhile get a new pool if Resolve's answer changed; if it did not,
-// they use the old pool again, and it stays open. So Forget does not stop
+// they use the old pool again, it stays open, and Forget stops waiting for
+// it (within 20 ms) and returns nil. So Forget does not stop
 // the tenant's traffic: stop sending its requests first if no connection
 // may remain (to drop its database, say).
 //

@@ -143,3 +143,44 @@ func TestRejectionOfAForgottenPoolIsNotCached(t *testing.T) {
 		t.Fatal("the rejected tenant is still mapped")
 	}
 }
+
+// A tenant that resolves to the same target while Forget waits for its old
+// pool maps back to that pool, which then stays open: Forget stops waiting
+// for it. Forgetting it again and again remembers the pool once.
+func TestForgetStopsWaitingForAPoolMappedBack(t *testing.T) {
+	c := offlineConnector(t)
+	e, done := inUse(t, c, "a")
+	defer done()
+	res := make(chan error, 1)
+	go func() { res <- forgetWithin(c, "a", 10*time.Second) }()
+	waitFor(t, func() bool { return c.set.lookup("a") == nil }) // Forget unmapped it and waits
+	again, doneAgain := inUse(t, c, "a")                        // the same answer from the templates
+	defer doneAgain()
+	if again != e {
+		t.Fatal("the tenant did not map back to its pool")
+	}
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatalf("Forget: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Forget still waits for a pool that serves the tenant again")
+	}
+	select {
+	case <-e.closed:
+		t.Fatal("a pool serving the tenant was closed")
+	default:
+	}
+	for range 5 {
+		_, d := inUse(t, c, "a")
+		_ = forgetWithin(c, "a", 10*time.Millisecond)
+		d()
+	}
+	c.set.mu.RLock()
+	n := len(c.set.forgotten["a"])
+	c.set.mu.RUnlock()
+	if n != 1 {
+		t.Fatalf("one pool remembered %d times", n)
+	}
+}

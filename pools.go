@@ -239,6 +239,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string, call *resolveCall)
 	}
 	if e := s.targets[key]; e != nil {
 		e.tenants[tenant] = struct{}{}
+		e.forgotten = false // serves a tenant again
 		s.tenants[tenant] = e
 		s.live.Store(tenant, e)
 		e.inflight.Add(1)
@@ -313,7 +314,9 @@ func (s *poolSet) forget(ctx context.Context, tenant string) error {
 	if e != nil {
 		s.unmapLocked(tenant, e)
 		e.forgotten = true
-		s.forgotten[tenant] = append(s.forgotten[tenant], e)
+		if !slices.Contains(s.forgotten[tenant], e) { // mapped back to it since an earlier Forget
+			s.forgotten[tenant] = append(s.forgotten[tenant], e)
+		}
 	}
 	var wait []*poolEntry
 	for _, f := range s.forgotten[tenant] {
@@ -342,13 +345,34 @@ func (s *poolSet) forget(ctx context.Context, tenant string) error {
 			slog.String("target", e.target), slog.Uint64("pool", e.id))
 	}
 	for _, f := range wait {
-		select {
-		case <-f.closed:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := s.awaitClosed(ctx, f); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// awaitClosed waits until forgotten pool f is closed, or serves a tenant
+// again (the tenant resolved to the same target meanwhile: it stays open),
+// or ctx ends.
+func (s *poolSet) awaitClosed(ctx context.Context, f *poolEntry) error {
+	recheck := time.NewTicker(20 * time.Millisecond)
+	defer recheck.Stop()
+	for {
+		select {
+		case <-f.closed:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-recheck.C:
+			s.mu.RLock()
+			mapped := !f.removed && len(f.tenants) != 0
+			s.mu.RUnlock()
+			if mapped {
+				return nil
+			}
+		}
+	}
 }
 
 // reject caches a rejection of tenant by a dial of e, and unmaps tenant
