@@ -153,11 +153,11 @@ func trustLogins(t *testing.T, env *pgtest.Env) {
 }
 
 // chaosKinds are the operations of the chaos mix, with their weights.
-var chaosKinds = []struct {
+var chaosKinds = [...]struct {
 	name   string
 	weight int
 }{
-	{"query", 20},   // autocommit QueryRow
+	{"query", 18},   // autocommit QueryRow
 	{"data", 10},    // the tenant's rows only (and RLS on the direct route)
 	{"tx", 15},      // transaction with savepoints, an error and rollbacks
 	{"session", 15}, // *sql.Conn that SETs things
@@ -165,13 +165,14 @@ var chaosKinds = []struct {
 	{"rows", 12},    // rows abandoned half-read
 	{"cancel", 15},  // contexts cancelled mid-query
 	{"notenant", 3}, // a context without tenant fails closed
+	{"forget", 2},   // Connector.Forget of the tenant, then a query for it
 }
 
 // chaosCounts sums a run.
 type chaosCounts struct {
 	ops, mismatches, errors, panics, cancelled int64
-	kinds                                      [8]int64
-	avg                                        [8]time.Duration
+	kinds                                      [len(chaosKinds)]int64
+	avg                                        [len(chaosKinds)]time.Duration
 }
 
 func (c *chaosCounts) add(o chaosCounts) {
@@ -210,8 +211,8 @@ type chaosRun struct {
 	identity, data *sql.Stmt // prepared once, used by every tenant (data: direct route)
 
 	ops, mismatches, errors, panics, cancelled atomic.Int64
-	kinds                                      [8]atomic.Int64
-	nanos                                      [8]atomic.Int64
+	kinds                                      [len(chaosKinds)]atomic.Int64
+	nanos                                      [len(chaosKinds)]atomic.Int64
 	mu                                         sync.Mutex
 	first                                      []string
 }
@@ -322,6 +323,8 @@ func (c *chaosRun) do(base context.Context, tenant string, kind int, rng *rand.R
 			} else {
 				err = fmt.Errorf("tenant-less exec: %v, want ErrNoTenant", err)
 			}
+		case "forget":
+			err = c.forget(ctx, tenant, rng)
 		}
 	}()
 	if err == nil {
@@ -337,6 +340,23 @@ func (c *chaosRun) do(base context.Context, tenant string, kind int, rng *rand.R
 		c.first = append(c.first, fmt.Sprintf("%s %s: %v", chaosKinds[kind].name, tenant, err))
 	}
 	c.mu.Unlock()
+}
+
+// forget forgets the tenant while other workers use it, waiting 1-50 ms
+// for its pool to close (it stays open while in use, and is closed later),
+// then checks that the tenant's next query is its own.
+func (c *chaosRun) forget(ctx context.Context, tenant string, rng *rand.Rand) error {
+	conn, err := tenantpg.ConnectorOf(c.db)
+	if err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(ctx, time.Duration(1+rng.IntN(50))*time.Millisecond)
+	err = conn.Forget(fctx, tenant)
+	cancel()
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("Forget: %w", err)
+	}
+	return c.query(ctx, c.db, tenant, false)
 }
 
 // querier is *sql.DB, *sql.Tx or *sql.Conn.
