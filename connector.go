@@ -100,7 +100,9 @@ const IdleHandles = 1024
 // fails every other operation with ErrNoTenant. Invalid tenants fail with
 // ErrInvalidTenant before any network I/O; rejected tenants with a
 // *RejectedError; a full budget with a *BudgetError; a session that is not
-// the tenant's with an *IdentityError.
+// the tenant's with an *IdentityError; a closed connector (also one closed
+// during the connect) with an error matching ErrClosed; an ended ctx with
+// its error.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
@@ -331,7 +333,7 @@ func (c *Connector) Driver() driver.Driver { return &Driver{c: c} }
 
 // Close closes every tenant pool, waiting for checked-out connections to be
 // returned and for connections being dialed to be abandoned (pgxpool cancels
-// them; Close waits for their sockets to close for up to closeDialWait), and
+// them; Close waits up to 2 s for their sockets to close), and
 // stops tenantpg's background goroutine. Budget waiters and connects under
 // way fail with ErrClosed. It is called by (*sql.DB).Close and always
 // returns nil.
@@ -397,7 +399,8 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 // later Forget of the tenant waits for it too. Requests for the tenant
 // made meanwhile get a new pool if Resolve's answer changed; if it did not,
 // they use the old pool again, it stays open, and Forget stops waiting for
-// it (within 20 ms) and returns nil. So Forget does not stop
+// it (within 20 ms) and returns nil; so it does when another tenant that
+// shares the pool uses it. So Forget does not stop
 // the tenant's traffic: stop sending its requests first if no connection
 // may remain (to drop its database, say).
 //
@@ -410,7 +413,6 @@ func (c *Connector) Forget(ctx context.Context, tenant string) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	c.rejects.forget(tenant)
 	return c.set.forget(ctx, tenant)
 }
 

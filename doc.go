@@ -117,8 +117,9 @@
 // A tenant keeps its pool, and so the target it was resolved to, while it
 // is in use. Connector.Forget drops it: the tenant's next request resolves
 // again (after a move to another server, or new credentials behind
-// Resolve), and its pool closes as soon as nothing uses it, which is what
-// dropping a departed tenant's database needs.
+// Resolve), and its pool, unless other tenants share it, closes as soon as
+// nothing uses it, which is what dropping a departed tenant's database
+// needs.
 //
 // # Limits of database/sql
 //

@@ -43,9 +43,9 @@ var ErrIdentityMismatch = errors.New("tenantpg: connection identity does not mat
 // connection.
 var ErrSessionTenant = errors.New("tenantpg: session is bound to another tenant")
 
-// ErrClosed is returned by a closed Connector's Pool and Forget, and by
-// operations of a checkout (a *sql.Conn, Conn.ConnContext) that outlived
-// its Connector. database/sql's own methods on a closed *sql.DB return
+// ErrClosed is returned by a closed Connector's Connect, Pool and Forget
+// (wrapped, by a connect that Close cut short), and by operations of a
+// checkout (a *sql.Conn, Conn.ConnContext) that outlived its Connector. database/sql's own methods on a closed *sql.DB return
 // database/sql's "sql: database is closed" before reaching tenantpg.
 var ErrClosed = errors.New("tenantpg: connector is closed")
 

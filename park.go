@@ -403,3 +403,13 @@ func (e *poolEntry) closePool() {
 	e.pool.Close()
 	close(e.closed)
 }
+
+// isClosed reports whether closePool has closed e's pool.
+func (e *poolEntry) isClosed() bool {
+	select {
+	case <-e.closed:
+		return true
+	default:
+		return false
+	}
+}

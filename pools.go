@@ -39,7 +39,7 @@ type poolEntry struct {
 
 	tenants   map[string]struct{} // guarded by poolSet.mu
 	removed   bool                // guarded by poolSet.mu
-	forgotten bool                // guarded by poolSet.mu: Forget unmapped a tenant from it
+	forgotten bool                // guarded by poolSet.mu: Forget left it without tenants; resolve clears it when a tenant maps to it again
 
 	inflight atomic.Int32 // Connect calls using the entry right now
 	retiring atomic.Bool  // being checked for removal, or removed: enterGen takes the lock (see retireLocked)
@@ -299,8 +299,9 @@ func (s *poolSet) unmapLocked(tenant string, e *poolEntry) {
 
 // forget unmaps tenant, drops its rejection, makes a resolve of it under
 // way ask Resolve again, and closes the pools Forget has unmapped it from
-// (now or before) that serve no tenant, as soon as nothing uses them,
-// waiting for that until ctx ends (see Connector.Forget).
+// (now or before) that serve no tenant, as soon as nothing uses them. It
+// waits until each is closed or serves a tenant again (awaitClosed), or
+// ctx ends (see Connector.Forget).
 func (s *poolSet) forget(ctx context.Context, tenant string) error {
 	s.mu.Lock()
 	// Under mu, as rejections are cached: a dial of the old pool that the
@@ -313,14 +314,15 @@ func (s *poolSet) forget(ctx context.Context, tenant string) error {
 	e := s.tenants[tenant]
 	if e != nil {
 		s.unmapLocked(tenant, e)
-		e.forgotten = true
-		if !slices.Contains(s.forgotten[tenant], e) { // mapped back to it since an earlier Forget
+		e.forgotten = len(e.tenants) == 0 // for the reaper's log: a shared pool is not the tenant's to close
+		// Once per tenant: it may have mapped back to e since an earlier Forget.
+		if !slices.Contains(s.forgotten[tenant], e) {
 			s.forgotten[tenant] = append(s.forgotten[tenant], e)
 		}
 	}
 	var wait []*poolEntry
 	for _, f := range s.forgotten[tenant] {
-		if !f.removed && len(f.tenants) != 0 {
+		if servesTenantsLocked(f) {
 			continue // shared with other tenants, or the tenant resolved to it again: it stays
 		}
 		// Unused now: close it. In use (a checkout holds a connection or is
@@ -329,13 +331,7 @@ func (s *poolSet) forget(ctx context.Context, tenant string) error {
 		if retireLocked(f) {
 			s.removeLocked(f)
 			s.reaped.Add(1)
-			s.c.closers.Add(1)
-			go func() {
-				defer s.c.closers.Done()
-				f.closePool() // off the caller: pgxpool.Close waits for pgx-native users of Pool
-				s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", "forgotten"),
-					slog.String("target", f.target), slog.Uint64("pool", f.id), slog.Any("tenants", []string{tenant}))
-			}()
+			s.closeRemoved(f, "forgotten", []string{tenant})
 		}
 		wait = append(wait, f)
 	}
@@ -352,9 +348,12 @@ func (s *poolSet) forget(ctx context.Context, tenant string) error {
 	return nil
 }
 
+// servesTenantsLocked reports whether e is in the set and serves a tenant.
+func servesTenantsLocked(e *poolEntry) bool { return !e.removed && len(e.tenants) != 0 }
+
 // awaitClosed waits until forgotten pool f is closed, or serves a tenant
-// again (the tenant resolved to the same target meanwhile: it stays open),
-// or ctx ends.
+// again (the forgotten tenant resolved to the same target meanwhile, or
+// another tenant that shares it did: it stays open), or ctx ends.
 func (s *poolSet) awaitClosed(ctx context.Context, f *poolEntry) error {
 	recheck := time.NewTicker(20 * time.Millisecond)
 	defer recheck.Stop()
@@ -366,9 +365,9 @@ func (s *poolSet) awaitClosed(ctx context.Context, f *poolEntry) error {
 			return ctx.Err()
 		case <-recheck.C:
 			s.mu.RLock()
-			mapped := !f.removed && len(f.tenants) != 0
+			serves := servesTenantsLocked(f)
 			s.mu.RUnlock()
-			if mapped {
+			if serves {
 				return nil
 			}
 		}
@@ -539,14 +538,7 @@ func (s *poolSet) reap(now int64, idle time.Duration) int {
 		}
 	}
 	for t, fs := range s.forgotten {
-		fs = slices.DeleteFunc(fs, func(f *poolEntry) bool {
-			select {
-			case <-f.closed:
-				return true
-			default:
-				return false
-			}
-		})
+		fs = slices.DeleteFunc(fs, (*poolEntry).isClosed)
 		if len(fs) == 0 {
 			delete(s.forgotten, t)
 		} else {
@@ -555,21 +547,29 @@ func (s *poolSet) reap(now int64, idle time.Duration) int {
 	}
 	s.compactLocked()
 	s.mu.Unlock()
-	// Closed off the reaper's goroutine: pool.Close waits for connections
-	// checked out of the pool (a pgx-native user of Pool may have acquired
-	// one since the check), and the reaper must keep advancing the clock.
-	// Counted now, as they leave Stats().Pools, so that the two agree.
+	// Closed off the reaper's goroutine (closeRemoved), which must keep
+	// advancing the clock. Counted now, as they leave Stats().Pools, so that
+	// the two agree.
 	s.reaped.Add(int64(len(victims)))
 	for _, v := range victims {
-		s.c.closers.Add(1)
-		go func() {
-			defer s.c.closers.Done()
-			v.e.closePool()
-			s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", v.reason),
-				slog.String("target", v.e.target), slog.Uint64("pool", v.e.id), slog.Any("tenants", v.tenants))
-		}()
+		s.closeRemoved(v.e, v.reason, v.tenants)
 	}
 	return len(victims)
+}
+
+// closeRemoved closes the pool of e, which removeLocked took out of the
+// set, on a goroutine Connector.Close waits for: pgxpool.Close waits for
+// connections checked out of the pool (a pgx-native user of Pool may have
+// acquired one since the check), and neither the reaper nor a Forget's
+// caller should wait with it.
+func (s *poolSet) closeRemoved(e *poolEntry, reason string, tenants []string) {
+	s.c.closers.Add(1)
+	go func() {
+		defer s.c.closers.Done()
+		e.closePool()
+		s.c.log(context.Background(), slog.LevelInfo, "tenantpg: pool closed", slog.String("reason", reason),
+			slog.String("target", e.target), slog.Uint64("pool", e.id), slog.Any("tenants", tenants))
+	}()
 }
 
 // compactLocked rebuilds the maps once they have shrunk to a quarter of

@@ -197,11 +197,7 @@ func TestSlogEvents(t *testing.T) {
 		if _, err := db.ExecContext(tenantpg.WithTenant(ctx, "t01"), "select 1"); err != nil {
 			t.Fatal(err)
 		}
-		c, err := tenantpg.ConnectorOf(db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Forget(ctx, "t01"); err != nil {
+		if err := connectorOf(t, db).Forget(ctx, "t01"); err != nil {
 			t.Fatal(err)
 		}
 		h.wait(t, "tenantpg: tenant forgotten", time.Second).

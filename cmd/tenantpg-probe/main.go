@@ -91,6 +91,7 @@ func main() {
 		}
 	}
 	if err != nil {
+		pprof.StopCPUProfile() // os.Exit skips the deferred one
 		fmt.Fprintln(os.Stderr, "tenantpg-probe:", err)
 		os.Exit(1)
 	}

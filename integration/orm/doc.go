@@ -12,7 +12,9 @@
 //     rejects the search_path startup parameter).
 //   - Direct, row-level security: tenant_setting=app.tenant_id.
 //
-// Prepared-statement modes (GORM PrepareStmt, sqlx Preparex/PrepareNamed,
-// sqlc emit_prepared_queries) run on every route, PgBouncer 1.18 in transaction mode included: tenantpg's
-// *sql.Stmt keeps no named statement on the server.
+// Prepared-statement modes run on every route, PgBouncer 1.18 in
+// transaction mode included, since tenantpg's *sql.Stmt keeps no named
+// statement on the server: GORM PrepareStmt and sqlx Preparex/PrepareNamed
+// are tested on all four, sqlc's emit_prepared_queries on the alias route
+// and a direct route that sets both a schema and the RLS setting.
 package orm

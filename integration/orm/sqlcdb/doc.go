@@ -5,7 +5,7 @@
 // *sql.Stmt. The generated files are committed so that the build does not
 // need sqlc (which needs cgo); regenerate them with
 //
-//	go generate ./integration/orm/sqlcdb
+//	cd integration/orm && go generate ./sqlcdb
 package sqlcdb
 
 //go:generate go run github.com/sqlc-dev/sqlc/cmd/sqlc@v1.31.1 generate
