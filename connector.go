@@ -402,7 +402,9 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 // it (within 20 ms) and returns nil; so it does when another tenant that
 // shares the pool uses it. So Forget does not stop
 // the tenant's traffic: stop sending its requests first if no connection
-// may remain (to drop its database, say).
+// may remain (to drop its database, say). Through a pooler, Forget closes
+// tenantpg's connections to the pooler, not the pooler's to the server
+// (PgBouncer: its admin console's KILL <database> closes those).
 //
 // It returns nil for a tenant the connector has no pool for, an error
 // matching ErrInvalidTenant for an invalid id, and ErrClosed after Close.

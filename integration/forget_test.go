@@ -360,3 +360,42 @@ func TestForgetUnderLoad(t *testing.T) {
 		t.Fatalf("%d connections open, peak %d, budget %d", st.OpenConns, st.PeakConns, budget)
 	}
 }
+
+// TestForgetThroughPgBouncerThenKill: through PgBouncer, Forget closes
+// tenantpg's connections to PgBouncer, but PgBouncer keeps its own server
+// connections to the tenant's database, so DROP DATABASE still fails until
+// the admin console's KILL closes them (docs/troubleshooting.md).
+func TestForgetThroughPgBouncerThenKill(t *testing.T) {
+	env := pgtest.Shared(t)
+	ctx := testCtx(t)
+	super := superConn(t, env)
+	tenant := fmt.Sprintf("gonebc%d", time.Now().UnixNano()%1_000_000)
+	name := pgx.Identifier{tenant}.Sanitize()
+	if _, err := super.Exec(ctx, "create database "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = env.BouncerAdmin(context.Background(), "RESUME "+tenant)
+		_, _ = super.Exec(context.Background(), "drop database if exists "+name+" with (force)")
+	})
+	db := open(t, withParams(env.BouncerURL(env.AppUser, env.AppDatabase), "tenant_database={tenant}"))
+	if _, err := db.ExecContext(tenantpg.WithTenant(ctx, tenant), "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := connectorOf(t, db).Forget(ctx, tenant); err != nil {
+		t.Fatal(err)
+	}
+	if st := stats(t, db); st.OpenConns != 0 {
+		t.Fatalf("%d tenantpg connections after Forget", st.OpenConns)
+	}
+	if n := backends(t, super, "datname", tenant); n == 0 {
+		t.Fatal("PgBouncer kept no server connection: this test no longer shows why KILL is needed")
+	}
+	if err := env.BouncerAdmin(ctx, "KILL "+tenant); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, func() bool { return backends(t, super, "datname", tenant) == 0 })
+	if _, err := super.Exec(ctx, "drop database "+name); err != nil {
+		t.Fatalf("drop after Forget and KILL: %v", err)
+	}
+}
