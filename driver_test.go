@@ -215,7 +215,9 @@ func TestEnterAfterUnmapMapsAgain(t *testing.T) {
 	first.inflight.Add(-1)
 	testHookEntered = func() {
 		testHookEntered = nil
-		c.set.unmap("a", first)
+		c.set.mu.Lock()
+		c.set.unmapLocked("a", first)
+		c.set.mu.Unlock()
 	}
 	defer func() { testHookEntered = nil }()
 	e, gen, err := c.set.enterGen(context.Background(), "a")

@@ -280,16 +280,8 @@ func (s *poolSet) resolve(ctx context.Context, tenant string, call *resolveCall)
 	return e, 0, nil
 }
 
-// unmap removes a tenant's mapping to e, so that its next request resolves
-// again.
-func (s *poolSet) unmap(tenant string, e *poolEntry) {
-	s.mu.Lock()
-	if s.tenants[tenant] == e {
-		s.unmapLocked(tenant, e)
-	}
-	s.mu.Unlock()
-}
-
+// unmapLocked removes tenant's mapping to e, so that its next request
+// resolves again (reject, forget).
 func (s *poolSet) unmapLocked(tenant string, e *poolEntry) {
 	delete(s.tenants, tenant)
 	s.live.Delete(tenant) // before mapGen changes: see enterGen
