@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
@@ -133,16 +132,12 @@ func trustLogins(t *testing.T, env *pgtest.Env) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, env.DirectURL(env.SuperUser, "postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
+	conn := superConn(t, env) // open until the test ends; the leak checks count only the routes' clients
 	var hba string
 	if err := conn.QueryRow(ctx, "select setting from pg_settings where name = 'hba_file'").Scan(&hba); err != nil {
 		t.Fatal(err)
 	}
-	_, err = conn.Exec(ctx, "copy (select 'local all all trust' union all select 'host all all 127.0.0.1/32 trust') to '"+
+	_, err := conn.Exec(ctx, "copy (select 'local all all trust' union all select 'host all all 127.0.0.1/32 trust') to '"+
 		strings.ReplaceAll(hba, "'", "''")+"'")
 	if err == nil {
 		_, err = conn.Exec(ctx, "select pg_reload_conf()")
