@@ -51,8 +51,12 @@ func TestForgetWaitsForItsPoolsAcrossCalls(t *testing.T) {
 	if !e.isClosed() {
 		t.Fatal("Forget returned before the pool was closed")
 	}
-	if st := c.Stats(); st.PoolsReaped != 1 || len(st.Pools) != 0 {
-		t.Fatalf("%d pools reaped, %d left", st.PoolsReaped, len(st.Pools))
+	if err := forgetWithin(c, "never-seen", time.Second); err != nil {
+		t.Fatalf("Forget of a tenant without a pool: %v", err)
+	}
+	// Three Forgets of a, one of them unmapped it; none unmapped never-seen.
+	if st := c.Stats(); st.PoolsReaped != 1 || len(st.Pools) != 0 || st.Forgotten != 1 {
+		t.Fatalf("%d pools reaped, %d left, %d tenants forgotten", st.PoolsReaped, len(st.Pools), st.Forgotten)
 	}
 	c.set.reap(c.clock.read(), 0)
 	c.set.mu.RLock()
@@ -176,5 +180,8 @@ func TestForgetStopsWaitingForAPoolMappedBack(t *testing.T) {
 	c.set.mu.RUnlock()
 	if n != 1 {
 		t.Fatalf("one pool remembered %d times", n)
+	}
+	if got := c.Stats().Forgotten; got != 6 {
+		t.Fatalf("Stats.Forgotten %d after 6 Forgets of a mapped tenant", got)
 	}
 }

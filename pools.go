@@ -91,6 +91,7 @@ type poolSet struct {
 
 	created atomic.Int64
 	reaped  atomic.Int64
+	forgets atomic.Int64 // tenants Forget unmapped
 	nextID  atomic.Uint64
 }
 
@@ -306,6 +307,7 @@ func (s *poolSet) forget(ctx context.Context, tenant string) error {
 	e := s.tenants[tenant]
 	if e != nil {
 		s.unmapLocked(tenant, e)
+		s.forgets.Add(1)
 		e.forgotten = len(e.tenants) == 0 // for the reaper's log: a shared pool is not the tenant's to close
 		// Once per tenant: it may have mapped back to e since an earlier Forget.
 		if !slices.Contains(s.forgotten[tenant], e) {

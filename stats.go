@@ -27,6 +27,7 @@ type Stats struct {
 	HandedOff    int64 // released connections closed because others waited
 	PoolsCreated int64
 	PoolsReaped  int64 // pools closed after tenant_pool_idle, or left serving no tenant (rejected, or Connector.Forget)
+	Forgotten    int64 // tenants Connector.Forget unmapped from a pool (a Forget of a tenant without one is not counted)
 	Rejected     int   // tenants in the negative cache now
 	Rejections   int64 // tenants rejected by the server so far (cached repeats not counted)
 	NoTenant     int64 // checkouts that ended without a tenant: none in their context and no operation bound one (counted at release)
@@ -76,6 +77,7 @@ func (c *Connector) Stats() Stats {
 		HandedOff:    b.closeOnWait.Load(),
 		PoolsCreated: c.set.created.Load(),
 		PoolsReaped:  c.set.reaped.Load(),
+		Forgotten:    c.set.forgets.Load(),
 		Rejected:     c.rejects.len(),
 		Rejections:   c.rejections.Load(),
 		NoTenant:     c.noTenant.Load(),

@@ -15,7 +15,8 @@
 // budget: cap, open, peak, reserved and waiting connects, dials, waits,
 // wait time, errors, evictions, hand-offs), tenantpg_pools,
 // tenantpg_tenants, tenantpg_pools_created_total, tenantpg_pools_reaped_total,
-// tenantpg_rejected_tenants and tenantpg_no_tenant_checkouts_total. They are
+// tenantpg_tenants_forgotten_total, tenantpg_rejected_tenants and
+// tenantpg_no_tenant_checkouts_total. They are
 // the connector's own counters and are exported as they are.
 //
 // Per-tenant figures come from each tenant pool's tenantpg.PoolStats and

@@ -235,6 +235,7 @@ func TestCollectorAgainstServers(t *testing.T) {
 		"tenantpg_tenants":                             30,
 		"tenantpg_pools_created_total":                 float64(st.PoolsCreated),
 		"tenantpg_pools_reaped_total":                  float64(st.PoolsReaped),
+		"tenantpg_tenants_forgotten_total":             float64(st.Forgotten),
 		"tenantpg_rejected_tenants":                    float64(st.Rejected),
 		"tenantpg_no_tenant_checkouts_total":           float64(st.NoTenant),
 	} {
@@ -336,5 +337,42 @@ func TestCollectorAcrossReaping(t *testing.T) {
 	col.mu.Unlock()
 	if got != total {
 		t.Fatalf("running totals %v, want %v", got, total)
+	}
+}
+
+// TestCollectorCountsForgets: a Forget that unmaps a tenant counts once in
+// tenantpg_tenants_forgotten_total and its pool once in
+// tenantpg_pools_reaped_total; Forgets of a tenant already forgotten, or
+// never seen, count nothing.
+func TestCollectorCountsForgets(t *testing.T) {
+	env := pgtest.Shared(t)
+	ids := harnessTenants(t, env, 2)
+	db, c := openConnector(t, env)
+	col, err := New(c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, id := range ids {
+		if _, err := db.ExecContext(tenantpg.WithTenant(ctx, id), "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{ids[0], ids[0], "never_seen"} {
+		if err := c.Forget(ctx, id); err != nil {
+			t.Fatalf("Forget(%s): %v", id, err)
+		}
+	}
+	s := gather(t, col)
+	for name, want := range map[string]float64{
+		"tenantpg_tenants_forgotten_total": 1,
+		"tenantpg_pools_reaped_total":      1,
+		"tenantpg_pools":                   1,
+		"tenantpg_tenants":                 1,
+	} {
+		if got := s[name][""]; got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
 	}
 }

@@ -124,6 +124,8 @@ var globalMetrics = []globalMetric{
 		prometheus.CounterValue, func(s *tenantpg.Stats) float64 { return float64(s.PoolsCreated) }},
 	{"tenantpg_pools_reaped_total", "Tenant pools closed after going unused for tenant_pool_idle, or left serving no tenant (rejected or forgotten).",
 		prometheus.CounterValue, func(s *tenantpg.Stats) float64 { return float64(s.PoolsReaped) }},
+	{"tenantpg_tenants_forgotten_total", "Tenants Connector.Forget unmapped from their pool (their pools, once closed, count in tenantpg_pools_reaped_total).",
+		prometheus.CounterValue, func(s *tenantpg.Stats) float64 { return float64(s.Forgotten) }},
 	{"tenantpg_rejected_tenants", "Tenants the server or pooler rejected, failing fast from the negative cache now.",
 		prometheus.GaugeValue, func(s *tenantpg.Stats) float64 { return float64(s.Rejected) }},
 	{"tenantpg_no_tenant_checkouts_total", "Checkouts that ended without a tenant: none in their context and no statement bound one (answered without a connection).",
