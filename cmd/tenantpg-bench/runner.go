@@ -188,14 +188,17 @@ func interleave(ctx context.Context, cs []contender, rounds, workers int, dur ti
 
 // ratio is the median over rounds of s's throughput divided by base's in
 // the same round: pairing runs of one round cancels drifts between rounds.
-func ratio(s, base summary) float64 {
+func ratio(s, base summary) float64 { return median(roundRatios(s, base)) }
+
+// roundRatios is s's throughput divided by base's, round by round.
+func roundRatios(s, base summary) []float64 {
 	var rs []float64
 	for i := range min(len(s.rounds), len(base.rounds)) {
 		if b := base.rounds[i].opsPerSec; b > 0 {
 			rs = append(rs, s.rounds[i].opsPerSec/b)
 		}
 	}
-	return median(rs)
+	return rs
 }
 
 func median(xs []float64) float64 {
