@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 func TestWithTenant(t *testing.T) {
@@ -90,6 +92,49 @@ func TestResolveNameLimits(t *testing.T) {
 	// 59 bytes fits exactly.
 	if _, _, err := s.resolve(context.Background(), long[:59]); err != nil {
 		t.Fatalf("63-byte login rejected: %v", err)
+	}
+}
+
+// The Supavisor exception of the identity check (current_user <role> for
+// the login <role>.<tenant>) holds only for the login a template ending in
+// ".{tenant}" made: not for other templates, nor for a user Resolve chose.
+func TestPoolerUserOnlyForDotTenantLogins(t *testing.T) {
+	for _, c := range []struct {
+		name, params string
+		resolveUser  string // set by Resolve when not ""
+		want         string
+	}{
+		{"dot template", "tenant_user={user}.{tenant}", "", "app"},
+		{"literal role", "tenant_user=svc.{tenant}", "", "svc"},
+		{"suffix after the tenant", "tenant_user={user}.{tenant}_x", "", ""},
+		{"underscore", "tenant_user={user}_{tenant}", "", ""},
+		{"no user template", "tenant_database={tenant}", "", ""},
+		{"Resolve changed the user", "tenant_user={user}.{tenant}", "other.acme", ""},
+		{"Resolve kept the user", "tenant_user={user}.{tenant}", "app.acme", "app"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := ParseConfig("postgres://app:pw@127.0.0.1:1/app?" + c.params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.resolveUser != "" {
+				cfg.Resolve = func(_ context.Context, _ string, pc *pgxpool.Config) error {
+					pc.ConnConfig.User = c.resolveUser
+					return nil
+				}
+			}
+			s, err := compile(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, id, err := s.resolve(context.Background(), "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id.poolerUser != c.want {
+				t.Fatalf("poolerUser %q for login %q, want %q", id.poolerUser, id.user, c.want)
+			}
+		})
 	}
 }
 

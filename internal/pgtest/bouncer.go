@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +24,7 @@ type bouncer struct {
 	pgHost   string
 	pgPort   int
 	settings map[string]string // [pgbouncer] section
+	dbs      map[string]string // [databases] entries besides "*"
 
 	mu     sync.Mutex // guards proc, closed
 	proc   *process
@@ -60,13 +63,18 @@ func newBouncer(bin string, ra *runAs, pgHost string, pgPort int, superUser stri
 	for k, v := range opts.BouncerSettings {
 		b.settings[k] = v
 	}
+	b.dbs = opts.BouncerDatabases
 	return b, nil
 }
 
 // writeConfig writes pgbouncer.ini for the current port.
 func (b *bouncer) writeConfig() error {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "[databases]\n* = host=%s port=%d\n\n[pgbouncer]\n", b.pgHost, b.pgPort)
+	sb.WriteString("[databases]\n")
+	for _, alias := range slices.Sorted(maps.Keys(b.dbs)) {
+		fmt.Fprintf(&sb, "%s = host=%s port=%d %s\n", alias, b.pgHost, b.pgPort, b.dbs[alias])
+	}
+	fmt.Fprintf(&sb, "* = host=%s port=%d\n\n[pgbouncer]\n", b.pgHost, b.pgPort)
 	b.settings["listen_port"] = strconv.Itoa(b.port)
 	keys := make([]string, 0, len(b.settings))
 	for k := range b.settings {

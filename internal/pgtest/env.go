@@ -45,6 +45,11 @@ type Options struct {
 	// pgbouncer.ini (for example "query_wait_timeout": "5"). listen_port is
 	// always set by the harness.
 	BouncerSettings map[string]string
+	// BouncerDatabases adds entries to the [databases] section of
+	// pgbouncer.ini ahead of the "*" fallback: alias name to connection
+	// string, for example "fixed": "dbname=app user=app" to force the
+	// server login. The harness puts its PostgreSQL's host and port first.
+	BouncerDatabases map[string]string
 }
 
 // Start starts a local PostgreSQL cluster and a PgBouncer in front of it and
