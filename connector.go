@@ -303,15 +303,7 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 // pools and forgets expired rejections.
 func (c *Connector) reaper() {
 	defer c.reaperWG.Done()
-	idle := c.settings.poolIdle
-	every, reapAfter := parkMax/2, time.Duration(0)
-	if idle > 0 {
-		every = min(max(idle/4, 50*time.Millisecond), every)
-		// A pool's last use is read from the clock, which lags the truth by
-		// up to one tick: a pool is idle for idle once the clock says
-		// idle+every.
-		reapAfter = idle + every
-	}
+	every, reapAfter := reapSchedule(c.settings.poolIdle)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -325,6 +317,20 @@ func (c *Connector) reaper() {
 			c.rejects.purge(c.clock.wall(now))
 		}
 	}
+}
+
+// reapSchedule returns how often the reaper runs and how long a pool must
+// have gone unused by its clock to be reaped (0: never) for tenant_pool_idle
+// idle (<= 0: pools live forever).
+func reapSchedule(idle time.Duration) (every, reapAfter time.Duration) {
+	every = parkMax / 2
+	if idle <= 0 {
+		return every, 0
+	}
+	every = min(max(idle/4, 50*time.Millisecond), every)
+	// A pool's last use is read from the clock, which lags the truth by up
+	// to one tick: a pool is idle for idle once the clock says idle+every.
+	return every, idle + every
 }
 
 // Driver returns the tenantpg driver bound to this connector; Stats and

@@ -85,3 +85,46 @@ func TestRejectCacheForget(t *testing.T) {
 		t.Error("b was forgotten too")
 	}
 }
+
+// An explicit 0 turns the negative cache off (tenant_reject_ttl=0) and
+// keeps unused pools forever (tenant_pool_idle=0); without the parameters
+// the defaults apply.
+func TestExplicitZeroDisablesRejectCacheAndReaping(t *testing.T) {
+	open := func(params string) *Connector {
+		t.Helper()
+		cfg, err := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={user}.{tenant}" + params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := NewConnector(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	cause := errors.New("password authentication failed")
+	for _, x := range []struct {
+		params               string
+		cached, reapedInADay bool
+	}{
+		{"", true, true},
+		{"&tenant_reject_ttl=0&tenant_pool_idle=0", false, false},
+	} {
+		c := open(x.params)
+		e, done := inUse(t, c, "a")
+		c.set.reject("a", e, cause)
+		if cached := c.rejects.get("a") != nil; cached != x.cached {
+			t.Errorf("%q: rejection cached %v, want %v", x.params, cached, x.cached)
+		}
+		done()
+
+		e, done = inUse(t, c, "b")
+		done()
+		_, after := reapSchedule(c.settings.poolIdle)
+		c.set.reap(c.clock.read()+int64(24*time.Hour), after)
+		if reaped := e.isClosed() || c.set.lookup("b") == nil; reaped != x.reapedInADay {
+			t.Errorf("%q: unused pool reaped after a day %v, want %v", x.params, reaped, x.reapedInADay)
+		}
+	}
+}
