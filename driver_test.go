@@ -238,7 +238,13 @@ func TestEnterAfterUnmapMapsAgain(t *testing.T) {
 // server.
 func offlineConnector(t *testing.T) *Connector {
 	t.Helper()
-	cfg, err := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={user}.{tenant}&tenant_pool_idle=1h")
+	return offlineConnectorWith(t, "&tenant_pool_idle=1h")
+}
+
+// offlineConnectorWith is offlineConnector with other DSN parameters.
+func offlineConnectorWith(t *testing.T, params string) *Connector {
+	t.Helper()
+	cfg, err := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={user}.{tenant}" + params)
 	if err != nil {
 		t.Fatal(err)
 	}

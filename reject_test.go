@@ -90,19 +90,6 @@ func TestRejectCacheForget(t *testing.T) {
 // keeps unused pools forever (tenant_pool_idle=0); without the parameters
 // the defaults apply.
 func TestExplicitZeroDisablesRejectCacheAndReaping(t *testing.T) {
-	open := func(params string) *Connector {
-		t.Helper()
-		cfg, err := ParseConfig("postgres://app@127.0.0.1:1/app?tenant_user={user}.{tenant}" + params)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := NewConnector(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
 	cause := errors.New("password authentication failed")
 	for _, x := range []struct {
 		params               string
@@ -111,7 +98,7 @@ func TestExplicitZeroDisablesRejectCacheAndReaping(t *testing.T) {
 		{"", true, true},
 		{"&tenant_reject_ttl=0&tenant_pool_idle=0", false, false},
 	} {
-		c := open(x.params)
+		c := offlineConnectorWith(t, x.params)
 		e, done := inUse(t, c, "a")
 		c.set.reject("a", e, cause)
 		if cached := c.rejects.get("a") != nil; cached != x.cached {
