@@ -26,7 +26,7 @@
 // tenantpg_tenant_acquires_total, tenantpg_tenant_acquire_seconds_total,
 // tenantpg_tenant_acquire_waits_total, tenantpg_tenant_acquire_wait_seconds_total,
 // tenantpg_tenant_canceled_acquires_total, tenantpg_tenant_dials_total,
-// tenantpg_tenant_connections_opened_total,
+// tenantpg_tenant_connection_attempts_total,
 // tenantpg_tenant_evicted_connections_total (with "reason" max_idle_time or
 // max_lifetime) and tenantpg_tenant_rejections_total.
 //

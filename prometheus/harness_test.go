@@ -31,6 +31,16 @@ func harnessTenants(t *testing.T, env *pgtest.Env, n int) []string {
 	return ids
 }
 
+// selectOne runs "select 1" once for each tenant.
+func selectOne(t *testing.T, ctx context.Context, db *sql.DB, tenants ...string) {
+	t.Helper()
+	for _, id := range tenants {
+		if _, err := db.ExecContext(tenantpg.WithTenant(ctx, id), "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // openConnector opens a tenantpg *sql.DB routing by login through
 // PgBouncer, with database/sql's idle pool off so that every query is one
 // pool acquire.
@@ -354,11 +364,7 @@ func TestCollectorCountsForgets(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for _, id := range ids {
-		if _, err := db.ExecContext(tenantpg.WithTenant(ctx, id), "select 1"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	selectOne(t, ctx, db, ids...)
 	for _, id := range []string{ids[0], ids[0], "never_seen"} {
 		if err := c.Forget(ctx, id); err != nil {
 			t.Fatalf("Forget(%s): %v", id, err)
