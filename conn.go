@@ -238,11 +238,14 @@ func (h *Conn) Close() error {
 
 // Ping pings the checkout's connection, binding an unbound checkout to
 // ctx's tenant first. Without a tenant in either it succeeds while the
-// connector is open, or pings tenant_ping's pool when configured.
+// connector is open, or pings tenant_ping's pool when configured. It
+// returns driver.ErrBadConn when the ping found the connection broken, and
+// ctx's error when ctx ended before the ping was sent (the connection
+// stays usable).
 func (h *Conn) Ping(ctx context.Context) error {
 	sc, err := h.bound(ctx)
 	if err == nil {
-		return sc.Ping(h.pgxCtx(ctx, nil))
+		return ping(h.pgxCtx(ctx, nil), sc.Conn())
 	}
 	if err != ErrNoTenant { // bound returns the sentinel itself when neither has a tenant
 		return err
@@ -256,8 +259,29 @@ func (h *Conn) Ping(ctx context.Context) error {
 		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
 	}
 	defer h.c.park(pc)
-	if err := pc.sc.Ping(ctx); err != nil {
+	if err := ping(ctx, pc.sc.Conn()); err != nil {
 		return fmt.Errorf("tenantpg: ping tenant %q: %w", t, err)
+	}
+	return nil
+}
+
+// ping pings conn as stdlib.Conn.Ping does, but never closes stdlib's
+// wrapper: stdlib closes it on any failure, which for a pool connection
+// releases it to pgxpool while tenantpg still holds it, and park would then
+// park it too: two holders of one session. Here park decides alone (it
+// gives pgxpool a connection the failure closed or left busy). A failure
+// that left the connection open and idle (ctx ended before anything was
+// sent) returns ctx's error rather than driver.ErrBadConn: the connection
+// is fine.
+func ping(ctx context.Context, conn *pgx.Conn) error {
+	if conn.IsClosed() {
+		return driver.ErrBadConn
+	}
+	if err := conn.Ping(ctx); err != nil {
+		if conn.IsClosed() {
+			return driver.ErrBadConn
+		}
+		return err
 	}
 	return nil
 }
