@@ -146,19 +146,33 @@ func (h *Conn) bind(pc *pconn) {
 // WithTenant(context.Background(), t) cannot be cancelled either and holds
 // nothing but the tenant; pgx gets context.Background() instead when
 // nothing could read the tenant from it: the connection has no query
-// tracer, and args do not start with a pgx.QueryRewriter. A query under
+// tracer, and args have no pgx.QueryRewriter among their leading options. A query under
 // such a context then costs what it costs without tenantpg (see
 // docs/architecture.md, "pgx's context watch").
 func (h *Conn) pgxCtx(ctx context.Context, args []driver.NamedValue) context.Context {
 	if tc, ok := ctx.(*tenantCtx); ok && h.bare && tc.Context == context.Background() {
-		if len(args) > 0 {
-			if _, rw := args[0].Value.(pgx.QueryRewriter); rw {
-				return ctx
-			}
+		if rewrites(args) {
+			return ctx
 		}
 		return context.Background()
 	}
 	return ctx
+}
+
+// rewrites reports whether args has a pgx.QueryRewriter among the options
+// pgx reads from their start (exec mode, result formats, rewriter, in any
+// order).
+func rewrites(args []driver.NamedValue) bool {
+	for _, a := range args {
+		switch a.Value.(type) {
+		case pgx.QueryRewriter:
+			return true
+		case pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+		default:
+			return false
+		}
+	}
+	return false
 }
 
 // release ends the checkout: the connection is parked with its pool.
