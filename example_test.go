@@ -95,6 +95,19 @@ func ExampleOpenDB_resolver() {
 		log.Fatal(err)
 	}
 	defer db.Close()
+
+	// Nothing is dialed until a query; Pool shows where a tenant goes.
+	pool, err := tenantpg.Pool(tenantpg.WithTenant(context.Background(), "acme"), db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cc := pool.Config().ConnConfig
+	fmt.Println("acme:", cc.User+"@"+cc.Host)
+	_, err = tenantpg.Pool(tenantpg.WithTenant(context.Background(), "hooli"), db)
+	fmt.Println("hooli:", errors.Is(err, tenantpg.ErrInvalidTenant))
+	// Output:
+	// acme: acme_rw@db-eu.internal
+	// hooli: true
 }
 
 // ParseConfig shows what a DSN turns into: tenant parameters are tenantpg's,

@@ -97,8 +97,9 @@ func ExampleNew() {
 }
 
 // Structured events: set Config.Logger to any *slog.Logger. tenantpg logs
-// pool creation and closing, rejected tenants, failed identity checks and
-// exhausted budget waits at level Info.
+// pools created and closed and tenants forgotten at level Info, rejected
+// tenants and exhausted budget waits at Warn, failed identity checks at
+// Error, and budget waits and evictions at Debug (docs/observability.md).
 func Example_logger() {
 	cfg, err := tenantpg.ParseConfig(
 		"postgres://app:secret@pooler.internal:6543/postgres?tenant_user={user}.{tenant}&tenant_max_conns=50")
