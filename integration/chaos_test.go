@@ -76,6 +76,17 @@ func TestChaosIsolation(t *testing.T) {
 				checkClosed(t, env, rb.r, db)
 				t.Logf("%s: %d dials, %d pools created, %d reaped, peak %d conns, %d budget waits, %d evicted conns, %d evicted pools, %d handed off",
 					rb.r.name, st.Dials, st.PoolsCreated, st.PoolsReaped, st.PeakConns, st.BudgetWaits, st.EvictedConns, st.EvictedPools, st.HandedOff)
+				// What the doc comment says runs alongside did run (the
+				// default run reaps 9-26 pools and evicts hundreds of
+				// connections per budgeted route; tiny runs may not).
+				if total >= 4500 {
+					if st.PoolsReaped == 0 {
+						t.Errorf("%s: no pool was reaped", rb.r.name)
+					}
+					if rb.budget > 0 && (st.EvictedConns == 0 || st.PeakConns != rb.budget) {
+						t.Errorf("%s: the budget of %d was not exercised: peak %d, %d evictions", rb.r.name, rb.budget, st.PeakConns, st.EvictedConns)
+					}
+				}
 				if rb.r.bouncer {
 					// Drop PgBouncer's server connections before the next route.
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
