@@ -27,7 +27,11 @@ type logRecord struct {
 	level slog.Level
 	msg   string
 	attrs map[string]slog.Value
+	req   string // the requestKey value of the context it was logged with
 }
+
+// requestKey marks a caller's context, to see which events are logged with it.
+type requestKey struct{}
 
 func newLogCapture() (*slog.Logger, *logCapture) {
 	h := &logCapture{mu: &sync.Mutex{}, recs: &[]logRecord{}}
@@ -36,8 +40,9 @@ func newLogCapture() (*slog.Logger, *logCapture) {
 
 func (h *logCapture) Enabled(context.Context, slog.Level) bool { return true }
 
-func (h *logCapture) Handle(_ context.Context, r slog.Record) error {
+func (h *logCapture) Handle(ctx context.Context, r slog.Record) error {
 	rec := logRecord{level: r.Level, msg: r.Message, attrs: map[string]slog.Value{}}
+	rec.req, _ = ctx.Value(requestKey{}).(string)
 	for _, a := range h.with {
 		rec.attrs[a.Key] = a.Value.Resolve()
 	}
@@ -208,7 +213,7 @@ func TestSlogEvents(t *testing.T) {
 
 	t.Run("tenant rejected", func(t *testing.T) {
 		db, h := loggedDB(t, base)
-		ctx := tenantpg.WithTenant(testCtx(t), "nosuch")
+		ctx := tenantpg.WithTenant(context.WithValue(testCtx(t), requestKey{}, "r1"), "nosuch")
 		for range 10 {
 			_, err := db.ExecContext(ctx, "select 1")
 			mustErrIs(t, err, tenantpg.ErrTenantRejected)
@@ -223,6 +228,12 @@ func TestSlogEvents(t *testing.T) {
 		if msg := rs[0].attrs["error"].String(); !strings.Contains(msg, `"app.nosuch"`) || !strings.Contains(msg, "SQLSTATE 28P01") {
 			t.Fatalf("error attribute %q does not carry the server's message", msg)
 		}
+		if rs[0].req != "r1" {
+			t.Errorf("the rejection was not logged with the caller's context")
+		}
+		// The rejected tenant's pool serves no tenant: the reaper closes it.
+		h.wait(t, "tenantpg: pool closed", 2*time.Second).want(t, slog.LevelInfo,
+			map[string]string{"reason": "no tenants", "target": target("nosuch"), "pool": "", "tenants": "[]"})
 	})
 
 	t.Run("budget exhausted", func(t *testing.T) {
@@ -233,7 +244,7 @@ func TestSlogEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer held.Close()
-		wctx, cancel := context.WithTimeout(tenantpg.WithTenant(ctx, "t02"), 100*time.Millisecond)
+		wctx, cancel := context.WithTimeout(tenantpg.WithTenant(context.WithValue(ctx, requestKey{}, "r2"), "t02"), 100*time.Millisecond)
 		defer cancel()
 		_, err = db.ExecContext(wctx, "select 1")
 		var be *tenantpg.BudgetError
@@ -244,6 +255,9 @@ func TestSlogEvents(t *testing.T) {
 			want(t, slog.LevelDebug, map[string]string{"tenant": "t02", "limit": "1", "open": "1", "waiting": "0"})
 		r := h.wait(t, "tenantpg: connection budget exhausted", time.Second)
 		r.want(t, slog.LevelWarn, map[string]string{"tenant": "t02", "limit": "1", "waited": ""})
+		if r.req != "r2" {
+			t.Errorf("the budget event was not logged with the caller's context")
+		}
 		if w := r.attrs["waited"]; w.Kind() != slog.KindDuration || w.Duration() < 50*time.Millisecond {
 			t.Fatalf("waited = %v (%v), want a duration near 100ms", w, w.Kind())
 		}
