@@ -39,7 +39,13 @@ type ResolveFunc func(ctx context.Context, tenant string, pool *pgxpool.Config) 
 type Config struct {
 	// Pool is the configuration every tenant pool starts from. Its pool
 	// sizes (MaxConns, MinConns, MaxConnIdleTime, ...) apply per tenant.
-	// Required; must come from pgxpool.ParseConfig.
+	// Required; must come from pgxpool.ParseConfig. Its acquire hooks
+	// (BeforeAcquire, PrepareConn, AfterRelease) run when tenantpg acquires
+	// a connection from pgxpool or gives it back, not for every
+	// database/sql checkout: tenantpg keeps a connection between its
+	// tenant's checkouts for up to a second idle and 10 seconds in all (or
+	// MaxConnLifetime if shorter). Do not rely on AfterRelease to clean a
+	// session between requests; tenants never share one anyway.
 	Pool *pgxpool.Config
 
 	// User is the login user template (DSN tenant_user), e.g. "{user}.{tenant}"

@@ -67,10 +67,12 @@
 // costs. Transactions, *sql.Conn sessions, streaming Rows and *sql.Stmt
 // executions (run on each checkout's connection) therefore run on a
 // connection of the tenant whose context opened them. A parked connection
-// goes back to pgxpool within a second, so that pgxpool's lifetime, idle-time
-// and health rules apply, and at once when a caller waits in pgxpool for
-// that pool or a budget waiter should get its slot; eviction treats it as
-// idle.
+// goes back to pgxpool within a second, and one in constant use at the end
+// of a checkout once it has been held for 10 seconds (or the pool's
+// pool_max_conn_lifetime if shorter), so that pgxpool's lifetime, idle-time,
+// health and Reset rules apply; it goes back at once when a caller waits in
+// pgxpool for that pool or a budget waiter should get its slot; eviction
+// treats it as idle.
 //
 // OpenDB lets database/sql keep IdleHandles idle handles. sql.Open keeps
 // database/sql's default of 2: call db.SetMaxIdleConns(tenantpg.IdleHandles),

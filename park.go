@@ -17,6 +17,26 @@ import (
 // between parkMax minus one tick and parkMax.
 const parkMax = time.Second
 
+// holdMax is how long tenantpg keeps one acquisition of a connection from
+// pgxpool at most, however busy it stays: a connection parked and claimed
+// again every few milliseconds would otherwise never go back, and pgxpool
+// applies pool_max_conn_lifetime, Reset and Close to a connection only when
+// it is released. A pool whose pool_max_conn_lifetime is shorter gives its
+// connections back after that instead (holdFor). Re-acquiring costs one
+// pgxpool Acquire, which returns the same connection unless pgxpool
+// destroyed it.
+const holdMax = 10 * time.Second
+
+// holdFor returns how long a connection of a pool with the given
+// pool_max_conn_lifetime may be held from one acquisition (0 or less: no
+// lifetime).
+func holdFor(lifetime time.Duration) time.Duration {
+	if lifetime > 0 && lifetime < holdMax {
+		return lifetime
+	}
+	return holdMax
+}
+
 // Cache lines. A checkout and its release touch the handle, the pconn,
 // the pool entry and the Connector; each keeps what they read in one cache
 // line (layout_test.go checks it). It matters more than instruction counts:
@@ -41,7 +61,7 @@ type pconn struct {
 	at    atomic.Int64  // coarse clock reading of the last park
 	uses  atomic.Int64  // checkouts served
 	scan  *scanCache    // scan plans for database/sql, from the first query on (rows.go)
-	_     [8]byte       // to 64 bytes: a cache line of its own (layout_test.go)
+	until int64         // coarse clock reading after which park gives it back to pgxpool (holdMax); fixed
 }
 
 // pconn states. Only the holder of an in-use connection changes its state
@@ -131,7 +151,8 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 		if err == nil {
 			sc := dc.(*stdlib.Conn)
 			// bare per connection: a BeforeConnect hook may set a tracer on one.
-			pc = &pconn{sc: sc, e: e, bare: queriesUntraced(sc.Conn().Config().Tracer)}
+			pc = &pconn{sc: sc, e: e, bare: queriesUntraced(sc.Conn().Config().Tracer),
+				until: c.clock.read() + int64(e.hold)}
 		}
 		e.parkMu.Lock()
 		e.acquiring--
@@ -310,17 +331,18 @@ func (e *poolEntry) giveBack(pc *pconn) {
 }
 
 // park ends a checkout of pc: it gives pc back to pgxpool when pc is not
-// reusable as is, the connector is closed or a budget waiter of another
-// pool should get its slot; otherwise it parks pc, without a lock unless a
+// reusable as is, the connector is closed, pc was held for holdMax (or the
+// pool's shorter lifetime) since pgxpool handed it out, or a budget waiter
+// of another pool should get its slot; otherwise it parks pc, without a lock unless a
 // checkout of the pool waits or acquires (then handOn decides).
 func (c *Connector) park(pc *pconn) {
 	e := pc.e
 	pg := pc.sc.Conn().PgConn()
-	if pg.IsClosed() || pg.IsBusy() || pg.TxStatus() != 'I' || c.closed.Load() || c.shouldYield(e) {
+	now := c.clock.read()
+	if pg.IsClosed() || pg.IsBusy() || pg.TxStatus() != 'I' || c.closed.Load() || now >= pc.until || c.shouldYield(e) {
 		e.giveBack(pc)
 		return
 	}
-	now := c.clock.read()
 	e.touch(now)
 	if pc.at.Load() != now { // most releases fall in the tick of the last one: skip the locked store
 		pc.at.Store(now)

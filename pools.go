@@ -36,6 +36,7 @@ type poolEntry struct {
 	pool      *pgxpool.Pool
 	connector driver.Connector // stdlib.GetPoolConnector(pool)
 	created   time.Time
+	hold      time.Duration // holdFor(pool_max_conn_lifetime): see holdMax
 
 	tenants   map[string]struct{} // guarded by poolSet.mu
 	removed   bool                // guarded by poolSet.mu
@@ -60,7 +61,7 @@ type poolEntry struct {
 	dials      atomic.Int64 // physical connections opened
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
-	_          [32]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
+	_          [24]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
 }
 
 // touch records a use of e at clock reading now.
@@ -268,6 +269,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string, call *resolveCall)
 	}
 	e.pool = pool
 	e.maxConns = int(pc.MaxConns)
+	e.hold = holdFor(pc.MaxConnLifetime)
 	e.slots = make([]atomic.Pointer[pconn], e.maxConns)
 	e.connector = stdlib.GetPoolConnector(pool)
 	s.targets[key] = e
