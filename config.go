@@ -45,7 +45,10 @@ type Config struct {
 	// database/sql checkout: tenantpg keeps a connection between its
 	// tenant's checkouts for up to a second idle and 10 seconds in all (or
 	// MaxConnLifetime if shorter). Do not rely on AfterRelease to clean a
-	// session between requests; tenants never share one anyway.
+	// session between requests; tenants never share one anyway. PrepareConn
+	// also runs on a pool's idle connections when the budget evicts one of
+	// them (pgxpool's AcquireAllIdle), and BeforeClose on every connection
+	// closed, evicted ones included.
 	Pool *pgxpool.Config
 
 	// User is the login user template (DSN tenant_user), e.g. "{user}.{tenant}"

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -37,6 +38,9 @@ type poolEntry struct {
 	connector driver.Connector // stdlib.GetPoolConnector(pool)
 	created   time.Time
 	hold      time.Duration // holdFor(pool_max_conn_lifetime): see holdMax
+	// beforeClose is the pool config's BeforeClose hook, which pgxpool
+	// runs when it destroys a connection; evictOne closes one itself.
+	beforeClose func(*pgx.Conn)
 
 	tenants   map[string]struct{} // guarded by poolSet.mu
 	removed   bool                // guarded by poolSet.mu
@@ -61,7 +65,7 @@ type poolEntry struct {
 	dials      atomic.Int64 // physical connections opened
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
-	_          [24]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
+	_          [16]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
 }
 
 // touch records a use of e at clock reading now.
@@ -270,6 +274,7 @@ func (s *poolSet) resolve(ctx context.Context, tenant string, call *resolveCall)
 	e.pool = pool
 	e.maxConns = int(pc.MaxConns)
 	e.hold = holdFor(pc.MaxConnLifetime)
+	e.beforeClose = pc.BeforeClose
 	e.slots = make([]atomic.Pointer[pconn], e.maxConns)
 	e.connector = stdlib.GetPoolConnector(pool)
 	s.targets[key] = e
@@ -456,9 +461,14 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 		if len(idle) == 0 {
 			continue
 		}
+		// Closed here, not by pgxpool (which destroys connections on a
+		// goroutine), so that the slot is free when evictOne returns.
 		victim := idle[0].Hijack()
 		for _, c := range idle[1:] {
 			c.Release()
+		}
+		if e.beforeClose != nil {
+			e.beforeClose(victim)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = victim.Close(ctx)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
@@ -185,5 +186,44 @@ func TestHotTenantCannotStarveOthers(t *testing.T) {
 	wg.Wait()
 	if st := stats(t, db); st.PeakConns > 4 {
 		t.Fatalf("peak %d over budget 4", st.PeakConns)
+	}
+}
+
+// TestEvictionRunsBeforeClose: a connection evicted for another tenant's
+// budget slot is closed by tenantpg, not pgxpool, and the pool config's
+// BeforeClose hook still sees it first, open, as it sees every connection
+// pgxpool closes.
+func TestEvictionRunsBeforeClose(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 2)
+	cfg, err := tenantpg.ParseConfig(withParams(env.DirectURL(env.AppUser, env.AppDatabase), "tenant_user={user}.{tenant}", "tenant_max_conns=1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var closed []string
+	cfg.Pool.BeforeClose = func(c *pgx.Conn) {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = append(closed, fmt.Sprintf("%s open=%t", c.Config().User, !c.IsClosed()))
+	}
+	db, err := tenantpg.OpenDB(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := testCtx(t)
+	for _, id := range []string{"t01", "t02"} { // t02's connection evicts t01's
+		if _, err := db.ExecContext(tenantpg.WithTenant(ctx, id), "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := stats(t, db); st.EvictedConns != 1 {
+		t.Fatalf("%d connections evicted, want 1", st.EvictedConns)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(closed) != 1 || closed[0] != "app.t01 open=true" {
+		t.Fatalf("BeforeClose saw %v, want t01's connection once, open", closed)
 	}
 }
