@@ -49,7 +49,8 @@
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
 //
 // If the binaries are missing, Shared skips the test, or fails it when the
-// environment variable CI is "true" (or "1"). [RequireBinaries] applies the
+// environment variable CI is set to anything but "", "0", "false" or "no"
+// ("true" in most CI systems). [RequireBinaries] applies the
 // same rule for tests that call [Start] or [StartPostgres] themselves.
 //
 // # External servers

@@ -371,3 +371,17 @@ func BenchmarkProvision40Tenants(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// CI set to anything but an explicit no turns a missing server into a
+// failure.
+func TestInCI(t *testing.T) {
+	for v, want := range map[string]bool{
+		"": false, "0": false, "false": false, "FALSE": false, "no": false,
+		"true": true, "1": true, "True": true, "yes": true, "woodpecker": true,
+	} {
+		t.Setenv("CI", v)
+		if got := inCI(); got != want {
+			t.Errorf("CI=%q: inCI() = %v, want %v", v, got, want)
+		}
+	}
+}

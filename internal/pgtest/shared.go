@@ -55,10 +55,15 @@ func missingPrerequisites() string {
 	return ""
 }
 
-// inCI reports whether the CI environment variable asks for hard failures.
+// inCI reports whether the CI environment variable asks for hard failures:
+// any value but "", "0", "false" and "no" does, so that a CI system that
+// spells it differently fails closed rather than skipping the suite.
 func inCI() bool {
-	v := strings.ToLower(os.Getenv("CI"))
-	return v == "true" || v == "1"
+	switch strings.ToLower(strings.TrimSpace(os.Getenv("CI"))) {
+	case "", "0", "false", "no":
+		return false
+	}
+	return true
 }
 
 // unavailable skips the test, or fails it when CI=true.
