@@ -49,8 +49,12 @@ type Conn struct {
 	late    bool   // the checkout had no tenant and its first operation bound it: see bound
 	tenant  string // the tenant of the checkout, or of the last one while the handle is idle; "" for none
 
-	err error    // why binding this checkout failed; every operation returns it
-	_   [56]byte // to a multiple of 64 bytes (layout_test.go)
+	err error // why binding this checkout failed; operations return it (see bound)
+	// errCtx: err came from the context of the bind that failed (it ended
+	// while waiting for a connection); an operation under a live context
+	// binds again instead of returning err.
+	errCtx bool
+	_      [55]byte // to a multiple of 64 bytes (layout_test.go)
 }
 
 var (
@@ -102,7 +106,9 @@ func (h *Conn) ConnContext(ctx context.Context) (*pgx.Conn, error) {
 func (h *Conn) Tenant() string { return h.tenant }
 
 // checkout binds the handle to a connection of ctx's tenant. A failure is
-// kept and returned by every operation of the checkout.
+// kept and returned by the checkout's operations, but for one caused by
+// ctx ending (a *BudgetError, a wait for a busy pool cut short): an
+// operation under a live context binds again (see bound).
 func (h *Conn) checkout(ctx context.Context) error {
 	tenant, ok := TenantFromContext(ctx)
 	if !ok {
@@ -126,7 +132,7 @@ func (h *Conn) checkout(ctx context.Context) error {
 	pc, gen, err := h.c.acquire(ctx, tenant)
 	if err != nil {
 		h.last = nil
-		h.err = err
+		h.err, h.errCtx = err, ctx.Err() != nil
 		return err
 	}
 	h.bind(pc)
@@ -187,7 +193,7 @@ func (h *Conn) release() {
 		h.c.noTenant.Add(1)
 	}
 	if h.err != nil {
-		h.err = nil
+		h.err, h.errCtx = nil, false
 	}
 }
 
@@ -204,15 +210,32 @@ func (h *Conn) bound(ctx context.Context) (*stdlib.Conn, error) {
 			}
 		}
 		return h.sc, nil
-	case h.err != nil:
+	case h.err != nil && (!h.errCtx || ctx.Err() != nil):
 		return nil, h.err
 	case h.c.closed.Load():
 		return nil, ErrClosed
+	case h.err != nil:
+		// The bind failed only because its context ended, and this
+		// operation's is alive: bind again, to the checkout's tenant.
+		h.err, h.errCtx = nil, false
+		bctx := ctx
+		if t, ok := TenantFromContext(ctx); !ok || t != h.tenant {
+			bctx = WithTenant(ctx, h.tenant)
+		}
+		if err := h.checkout(bctx); err != nil {
+			return nil, err
+		}
+		return h.sc, nil
 	}
 	if _, ok := TenantFromContext(ctx); ok {
 		h.unbound = false
 		err := h.checkout(ctx)
 		if err != nil {
+			if h.errCtx {
+				// This operation's context ended: the failure is its own,
+				// and the checkout stays unbound for the next one.
+				h.err, h.errCtx, h.unbound, h.tenant = nil, false, true, ""
+			}
 			return nil, err
 		}
 		h.late = true
@@ -351,12 +374,41 @@ func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	return sc.BeginTx(h.pgxCtx(ctx, nil), opts)
 }
 
+// ExecContext runs query on the checkout's connection as stdlib.Conn's
+// ExecContext does, except for the error of an exec that sent nothing: it
+// is driver.ErrBadConn only when the connection is closed (see retryable).
 func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	sc, err := h.bound(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return sc.ExecContext(h.pgxCtx(ctx, args), query, args)
+	conn := sc.Conn()
+	if conn.IsClosed() {
+		return nil, driver.ErrBadConn
+	}
+	a := make([]any, len(args))
+	for i, v := range args {
+		a[i] = v.Value
+	}
+	tag, err := conn.Exec(h.pgxCtx(ctx, args), query, a...)
+	if err != nil {
+		return nil, retryable(conn, err)
+	}
+	return driver.RowsAffected(tag.RowsAffected()), nil
+}
+
+// retryable returns the error database/sql gets for an operation on conn
+// that failed with err: driver.ErrBadConn, which makes database/sql retry on
+// another connection (and close a *sql.Conn's), when nothing was sent and
+// the connection is closed; err itself otherwise. pgx stdlib returns
+// ErrBadConn whenever nothing was sent, also when the connection is fine:
+// "conn busy" (a *sql.Conn used while its rows are open) and a context that
+// had ended, which then closed the caller's *sql.Conn and hid the reason.
+func retryable(conn *pgx.Conn, err error) error {
+	if pgconn.SafeToRetry(err) && conn.IsClosed() {
+		return driver.ErrBadConn
+	}
+	return err
 }
 
 func (h *Conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {

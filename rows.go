@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -264,8 +263,9 @@ var (
 
 // query runs query on the checkout's connection as stdlib.Conn's
 // QueryContext does, and returns its rows: driver.ErrBadConn when the
-// connection is closed or the query failed before anything was sent (so
-// database/sql retries on another connection), the query's error otherwise.
+// connection is closed, before or by a failure that sent nothing (so
+// database/sql retries on another connection), the query's error otherwise
+// (see retryable).
 func (pc *pconn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	conn := pc.sc.Conn()
 	if conn.IsClosed() {
@@ -284,10 +284,7 @@ func (pc *pconn) query(ctx context.Context, query string, args []driver.NamedVal
 	}
 	pr, err := conn.Query(ctx, query, a...)
 	if err != nil {
-		if pgconn.SafeToRetry(err) {
-			return nil, driver.ErrBadConn
-		}
-		return nil, err
+		return nil, retryable(conn, err)
 	}
 	more := pr.Next()
 	if err := pr.Err(); err != nil {
