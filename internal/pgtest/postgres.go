@@ -200,6 +200,28 @@ func (s *Server) start(ctx context.Context) error {
 	if s.proc != nil && !s.proc.exited() {
 		return nil
 	}
+	// After Kill, the killed postmaster's backends hold its shared memory
+	// until they notice and exit, a few milliseconds later (longer on a
+	// loaded machine); a postmaster started before refuses to run.
+	for attempt := 1; ; attempt++ {
+		err := s.startOnce(ctx)
+		if !errors.Is(err, errShmInUse) || attempt == 50 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// errShmInUse is start's error when an earlier postmaster's processes
+// still hold the cluster's shared memory.
+var errShmInUse = errors.New("pgtest: the cluster's shared memory is still in use by exiting processes")
+
+// startOnce starts the postmaster once; s.mu is held.
+func (s *Server) startOnce(ctx context.Context) error {
 	logPath := filepath.Join(s.dir, "postgres.log")
 	p, err := startProcess(s.ra, s.dir, "postgres", logPath, s.bin.postgres,
 		"-D", s.dataDir,
@@ -226,6 +248,9 @@ func (s *Server) start(ctx context.Context) error {
 	}); err != nil {
 		p.stop(syscall.SIGKILL, time.Second)
 		tail := p.logTail()
+		if strings.Contains(tail, "pre-existing shared memory block") && strings.Contains(tail, "is still in use") {
+			return fmt.Errorf("%w: %v", errShmInUse, err)
+		}
 		if strings.Contains(tail, "already in use") || strings.Contains(tail, "could not bind") ||
 			strings.Contains(tail, "could not create any TCP/IP sockets") {
 			return fmt.Errorf("%w: %d: %v", errPortInUse, s.Port, err)
