@@ -170,11 +170,13 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // prometheus.Collector and cannot fail: a closed connector simply has no
 // pools.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	st := c.stats()
-	now := c.now()
-
+	// The snapshot is taken under mu: of two scrapes at once, the one with
+	// the older snapshot must not update the totals second, or a counter
+	// that went back would count its pool's whole value again.
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	st := c.stats()
+	now := c.now()
 	named, other := c.update(st, now)
 	c.emitGlobal(ch, st)
 	for _, t := range named {

@@ -491,3 +491,45 @@ func TestPoolsWithTheSameTargetAndCreationTime(t *testing.T) {
 		}
 	}
 }
+
+// TestOverlappingScrapes: two scrapes at once, the first holding an older
+// snapshot while the second runs. The totals end at the true value; before
+// the snapshot was taken under the collector's lock, the older snapshot
+// updated second and the counter jumped by the pool's whole value (200
+// became 400).
+func TestOverlappingScrapes(t *testing.T) {
+	created := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	checkouts, first := int64(100), true
+	took, gate := make(chan struct{}), make(chan struct{})
+	stats := func() tenantpg.Stats {
+		mu.Lock()
+		v, block := checkouts, first
+		first = false
+		mu.Unlock()
+		if block {
+			close(took)
+			<-gate // scrape A holds its snapshot of 100 while scrape B starts
+		}
+		return tenantpg.Stats{Pools: []tenantpg.PoolStats{{Target: "a@h:1/db", Created: created, Tenants: []string{"a"}, Checkouts: v}}}
+	}
+	c, err := newCollector(stats, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acquires := func() float64 { return gather(t, c)["tenantpg_tenant_acquires_total"]["tenant=a"] }
+	a := make(chan float64)
+	go func() { a <- acquires() }()
+	<-took
+	mu.Lock()
+	checkouts = 200
+	mu.Unlock()
+	b := make(chan float64)
+	go func() { b <- acquires() }()
+	time.Sleep(20 * time.Millisecond) // let B reach the collector
+	close(gate)
+	va, vb := <-a, <-b
+	if last := acquires(); last != 200 || max(va, vb) > 200 {
+		t.Fatalf("acquires_total %v and %v from the overlapping scrapes, then %v; true value 200", va, vb, last)
+	}
+}
