@@ -90,9 +90,14 @@ type Config struct {
 	// Want returns the answer Probe must give for tenant. When nil, the
 	// first answer of each tenant (asked one tenant at a time before the
 	// concurrent part) is taken as its identity: no two tenants may share
-	// one, and every later answer must equal it.
+	// one, and every later answer must equal it. That checks consistency,
+	// not correctness: a routing that sends each tenant to another's
+	// session every time (two tenants' credentials swapped in Resolve)
+	// passes. Give Want to check that each tenant reaches its own.
 	Want func(tenant string) string
-	// Paths to exercise; nil means DefaultPaths.
+	// Paths to exercise; nil means DefaultPaths. Check refuses a list
+	// without a path that runs a tenant's probe (empty, or PathNoTenant
+	// alone) with ErrConfig: it would check nothing.
 	Paths []Path
 	// Workers is how many goroutines run operations at once (default 8).
 	Workers int
@@ -196,10 +201,18 @@ func Check(ctx context.Context, db *sql.DB, tenants []string, cfg Config) (*Repo
 	if paths == nil {
 		paths = DefaultPaths
 	}
+	tenantPaths := 0
 	for _, p := range paths {
 		if !slices.Contains([]Path{PathQuery, PathTx, PathConn, PathRows, PathCancel, PathStmt, PathNoTenant}, p) {
 			return nil, fmt.Errorf("%w: unknown path %q", ErrConfig, p)
 		}
+		if p != PathNoTenant {
+			tenantPaths++
+		}
+	}
+	if tenantPaths == 0 {
+		// An empty list checks nothing and would pass against anything.
+		return nil, fmt.Errorf("%w: Config.Paths %v has no path that runs a tenant's probe (nil means DefaultPaths)", ErrConfig, paths)
 	}
 	workers, rounds, timeout := cfg.Workers, cfg.Rounds, cfg.Timeout
 	if workers <= 0 {

@@ -217,10 +217,12 @@ func TestCheckRefusesBadConfig(t *testing.T) {
 		tenants []string
 		cfg     tenantpgtest.Config
 	}{
-		"no probe":     {ids, tenantpgtest.Config{}},
-		"one tenant":   {ids[:1], tenantpgtest.Config{Probe: "select 1"}},
-		"duplicate":    {[]string{"a", "a"}, tenantpgtest.Config{Probe: "select 1"}},
-		"unknown path": {ids, tenantpgtest.Config{Probe: "select 1", Paths: []tenantpgtest.Path{"nope"}}},
+		"no probe":        {ids, tenantpgtest.Config{}},
+		"one tenant":      {ids[:1], tenantpgtest.Config{Probe: "select 1"}},
+		"duplicate":       {[]string{"a", "a"}, tenantpgtest.Config{Probe: "select 1"}},
+		"unknown path":    {ids, tenantpgtest.Config{Probe: "select 1", Paths: []tenantpgtest.Path{"nope"}}},
+		"no paths":        {ids, tenantpgtest.Config{Probe: "select 1", Paths: []tenantpgtest.Path{}}},
+		"no tenant paths": {ids, tenantpgtest.Config{Probe: "select 1", Paths: []tenantpgtest.Path{tenantpgtest.PathNoTenant}}},
 	} {
 		if _, err := tenantpgtest.Check(context.Background(), nil, tc.tenants, tc.cfg); !errors.Is(err, tenantpgtest.ErrConfig) {
 			t.Errorf("%s: %v, want ErrConfig", name, err)
