@@ -278,6 +278,25 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 		cc.DialFunc = b.dialer(cc.DialFunc, e, st)
 		return nil
 	}
+	// Every acquire from pgxpool counts as a use of the pool for the
+	// reaper (pgx-native work through Pool included), and a pgx-native one
+	// opens the native window. pgxpool runs BeforeAcquire only without
+	// PrepareConn: keep running it.
+	userPrepare := pc.PrepareConn
+	if ba := pc.BeforeAcquire; userPrepare == nil && ba != nil {
+		userPrepare = func(ctx context.Context, conn *pgx.Conn) (bool, error) { return ba(ctx, conn), nil }
+	}
+	pc.PrepareConn = func(ctx context.Context, conn *pgx.Conn) (bool, error) {
+		now := c.clock.read()
+		e.touch(now)
+		if ctx.Value(ownAcquireKey{}) == nil {
+			e.openNative(now)
+		}
+		if userPrepare != nil {
+			return userPrepare(ctx, conn)
+		}
+		return true, nil
+	}
 	vs := c.settings.verify
 	pc.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
 		markEstablished(conn.PgConn().Conn())
@@ -373,15 +392,22 @@ const closeDialWait = 2 * time.Second
 // its Acquire fails at once with an error matching ErrBudgetExhausted (it
 // does not wait for a slot as database/sql's checkouts do, so it is not a
 // *BudgetError). Connections parked for database/sql's next checkout are
-// given back to the pool first, so that its idle connections are all there.
-// The pool is closed when the tenant has been idle for tenant_pool_idle, or
-// by Forget, so fetch it per unit of work rather than keeping it. Errors
-// are those of Connect's tenant resolution.
+// given back to the pool first, so that its idle connections are all there,
+// and for 2 seconds after Pool or any pgx-native acquire from the pool,
+// connections database/sql's checkouts release go back to pgxpool too
+// rather than to the tenant's next checkout, so that a native Acquire on a
+// busy tenant gets its turn. Native acquires count as use of the pool: it
+// is closed when the tenant has been idle for tenant_pool_idle, or by
+// Forget, so fetch it per unit of work rather than keeping it. Errors are
+// those of Connect's tenant resolution.
 func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, error) {
 	e, err := c.set.enter(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
+	now := c.clock.read()
+	e.touch(now)
+	e.openNative(now)
 	e.unparkAll()
 	e.inflight.Add(-1)
 	return e.pool, nil

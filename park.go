@@ -146,7 +146,7 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 		e.acquiring++
 		e.held++
 		e.parkMu.Unlock()
-		dc, err := e.connector.Connect(ctx)
+		dc, err := e.connector.Connect(ownAcquire(ctx))
 		var pc *pconn
 		if err == nil {
 			sc := dc.(*stdlib.Conn)
@@ -294,13 +294,14 @@ func (e *poolEntry) wakeLocked() {
 // pool is closing, or else parks it.
 func (e *poolEntry) handOn(pc *pconn) {
 	e.parkMu.Lock()
-	if len(e.waiters) > 0 {
+	native := e.native.Load()
+	if len(e.waiters) > 0 && !native {
 		w := e.popWaiterLocked()
 		e.parkMu.Unlock()
 		w.ch <- pc
 		return
 	}
-	if e.acquiring > 0 || e.closing {
+	if e.acquiring > 0 || e.closing || native { // giveBack wakes a waiter to acquire
 		e.parkMu.Unlock()
 		e.giveBack(pc)
 		return
@@ -409,6 +410,50 @@ func (e *poolEntry) unpark(cutoff int64) int {
 
 // unparkAll gives every parked connection of e back to pgxpool.
 func (e *poolEntry) unparkAll() { e.unpark(1<<63 - 1) }
+
+// nativeWindow is how long after a pgx-native use of a pool (Pool, or an
+// acquire from pgxpool that is not tenantpg's) its releases go to pgxpool
+// rather than to parking or tenantpg's own waiters. pgx-native callers wait
+// in pgxpool's Acquire, which tenantpg does not see: a tenant whose
+// database/sql checkouts keep every connection busy would otherwise hand
+// them on among themselves, and a native Acquire would wait until a
+// connection reached holdMax. In the window every checkout and native
+// acquire competes in pgxpool's queue.
+const nativeWindow = 2 * time.Second
+
+// ownAcquireKey marks the context of tenantpg's own acquires from pgxpool,
+// so that the pool's PrepareConn hook tells pgx-native ones apart.
+type ownAcquireKey struct{}
+
+func ownAcquire(ctx context.Context) context.Context {
+	return context.WithValue(ctx, ownAcquireKey{}, true)
+}
+
+// openNative starts or extends e's native window at clock reading now.
+// Like closePool it raises slow before anything is given back, so that a
+// release either sees it or parks where unparkAll finds it.
+func (e *poolEntry) openNative(now int64) {
+	e.parkMu.Lock()
+	e.nativeUntil = now + int64(nativeWindow)
+	if !e.native.Load() {
+		e.native.Store(true)
+		e.slow.Add(1)
+	}
+	e.parkMu.Unlock()
+}
+
+// closeNative ends e's native window once it is past at clock reading now.
+func (e *poolEntry) closeNative(now int64) {
+	if !e.native.Load() {
+		return
+	}
+	e.parkMu.Lock()
+	if e.native.Load() && now >= e.nativeUntil {
+		e.native.Store(false)
+		e.slow.Add(-1)
+	}
+	e.parkMu.Unlock()
+}
 
 // closePool stops parking, gives parked connections back, sends waiters to
 // pgxpool (which fails them) and closes the pool, waiting for checked-out

@@ -41,6 +41,10 @@ type poolEntry struct {
 	// beforeClose is the pool config's BeforeClose hook, which pgxpool
 	// runs when it destroys a connection; evictOne closes one itself.
 	beforeClose func(*pgx.Conn)
+	// native: releases go to pgxpool until nativeUntil (guarded by parkMu;
+	// native is read without it too), see nativeWindow.
+	native      atomic.Bool
+	nativeUntil int64
 
 	tenants   map[string]struct{} // guarded by poolSet.mu
 	removed   bool                // guarded by poolSet.mu
@@ -65,7 +69,8 @@ type poolEntry struct {
 	dials      atomic.Int64 // physical connections opened
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
-	_          [16]byte     // to a multiple of 64 bytes, so that an entry starts on a cache line
+	// 320 bytes: a multiple of 64, so that an entry starts on a cache line
+	// (layout_test.go); pad here when fields change.
 }
 
 // touch records a use of e at clock reading now.
@@ -457,7 +462,7 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 			}
 		}
 		e.unparkAll() // parked connections become pgxpool's idle ones
-		idle := e.pool.AcquireAllIdle(context.Background())
+		idle := e.pool.AcquireAllIdle(ownAcquire(context.Background()))
 		if len(idle) == 0 {
 			continue
 		}
@@ -508,6 +513,7 @@ func (s *poolSet) unparkStale(now int64) {
 	s.mu.RUnlock()
 	cutoff := now - int64(parkMax)
 	for _, e := range all {
+		e.closeNative(now)
 		e.unpark(cutoff)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -331,4 +332,78 @@ func acquireIdentity(ctx context.Context, pool *pgxpool.Pool, want string) error
 		return fmt.Errorf("acquired connection of %q, want %q", user, want)
 	}
 	return nil
+}
+
+// TestNativeAcquireOnABusyTenant: database/sql checkouts keep all of a
+// tenant's connections busy (4 workers, pool_max_conns=2) and hand them on
+// among themselves; a pgx-native Acquire on the tenant's Pool waits in
+// pgxpool's queue, which tenantpg does not see, and waited until a
+// connection had been held for 10 s. Pool and native acquires now open a
+// window in which releases go to pgxpool: 20 native Execs, each within
+// 2 s, while the workers run.
+func TestNativeAcquireOnABusyTenant(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	db := directUserDB(t, env, "pool_max_conns=2")
+	ctx, stop := context.WithCancel(tenantpg.WithTenant(testCtx(t), "t01"))
+	var wg sync.WaitGroup
+	var queries, errs atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if _, err := db.ExecContext(ctx, "select 1"); err != nil && ctx.Err() == nil {
+					errs.Add(1)
+				}
+				queries.Add(1)
+			}
+		})
+	}
+	defer func() { stop(); wg.Wait() }()
+	for queries.Load() < 200 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	pool, err := tenantpg.Pool(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := pool.Exec(actx, "select 1")
+		cancel()
+		if err != nil {
+			t.Fatalf("native Exec %d on the busy tenant: %v", i, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := errs.Load(); n != 0 {
+		t.Fatalf("%d database/sql errors meanwhile", n)
+	}
+}
+
+// TestPoolNotReapedUnderNativeUse: pgx-native work through Pool is use of
+// the pool, so the reaper does not close it under a caller that acquires
+// from it again and again (it did after tenant_pool_idle: "closed pool").
+func TestPoolNotReapedUnderNativeUse(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	db := directUserDB(t, env, "tenant_pool_idle=200ms")
+	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	pool, err := tenantpg.Pool(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if err := pool.Ping(ctx); err != nil {
+			t.Fatalf("native use of the pool: %v", err)
+		}
+	}
+	if st := stats(t, db); st.PoolsReaped != 0 {
+		t.Fatalf("%d pools reaped under native use", st.PoolsReaped)
+	}
+	// Unused, it is reaped as before.
+	for deadline := time.Now().Add(5 * time.Second); stats(t, db).PoolsReaped != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the unused pool was not reaped")
+		}
+	}
 }
