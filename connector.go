@@ -274,28 +274,16 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 				return err
 			}
 		}
+		// The pool's tracer is tenantpg's for pgxpool's acquire and release
+		// events only: pgxpool reads those from the pool's config, and a
+		// connection would call it for every query. Connections keep the
+		// user's tracer, if any (also one a BeforeConnect hook set).
+		if rt, ok := cc.Tracer.(*releaseTracer); ok {
+			cc.Tracer = rt.inner
+		}
 		st, _ := ctx.Value(callStateKey{}).(*callState)
 		cc.DialFunc = b.dialer(cc.DialFunc, e, st)
 		return nil
-	}
-	// Every acquire from pgxpool counts as a use of the pool for the
-	// reaper (pgx-native work through Pool included), and a pgx-native one
-	// opens the native window. pgxpool runs BeforeAcquire only without
-	// PrepareConn: keep running it.
-	userPrepare := pc.PrepareConn
-	if ba := pc.BeforeAcquire; userPrepare == nil && ba != nil {
-		userPrepare = func(ctx context.Context, conn *pgx.Conn) (bool, error) { return ba(ctx, conn), nil }
-	}
-	pc.PrepareConn = func(ctx context.Context, conn *pgx.Conn) (bool, error) {
-		now := c.clock.read()
-		e.touch(now)
-		if ctx.Value(ownAcquireKey{}) == nil {
-			e.openNative(now)
-		}
-		if userPrepare != nil {
-			return userPrepare(ctx, conn)
-		}
-		return true, nil
 	}
 	vs := c.settings.verify
 	pc.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
@@ -313,9 +301,9 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 		}
 		return nil
 	}
-	if b.max > 0 {
-		pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b, e: e}
-	}
+	// Always: it sees pgx-native acquires (see nativeWindow), and hands
+	// released connections to budget waiters when there is a budget.
+	pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b, e: e}
 }
 
 // reaper gives connections parked too long back to pgxpool, closes idle
@@ -393,10 +381,11 @@ const closeDialWait = 2 * time.Second
 // does not wait for a slot as database/sql's checkouts do, so it is not a
 // *BudgetError). Connections parked for database/sql's next checkout are
 // given back to the pool first, so that its idle connections are all there,
-// and for 2 seconds after Pool or any pgx-native acquire from the pool,
-// connections database/sql's checkouts release go back to pgxpool too
-// rather than to the tenant's next checkout, so that a native Acquire on a
-// busy tenant gets its turn. Native acquires count as use of the pool: it
+// and while a pgx-native Acquire on the pool waits, and for 2 seconds after
+// Pool or any native acquire, connections database/sql's checkouts release
+// go back to pgxpool too rather than to the tenant's next checkout, so that
+// a native Acquire on a busy tenant gets its turn. Native acquires count as
+// use of the pool: it
 // is closed when the tenant has been idle for tenant_pool_idle, or by
 // Forget, so fetch it per unit of work rather than keeping it. Errors are
 // those of Connect's tenant resolution.
@@ -405,9 +394,7 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 	if err != nil {
 		return nil, err
 	}
-	now := c.clock.read()
-	e.touch(now)
-	e.openNative(now)
+	e.openNative()
 	e.unparkAll()
 	e.inflight.Add(-1)
 	return e.pool, nil

@@ -412,7 +412,8 @@ func (e *poolEntry) unpark(cutoff int64) int {
 func (e *poolEntry) unparkAll() { e.unpark(1<<63 - 1) }
 
 // nativeWindow is how long after a pgx-native use of a pool (Pool, or an
-// acquire from pgxpool that is not tenantpg's) its releases go to pgxpool
+// acquire from pgxpool that is not tenantpg's, seen by releaseTracer) and
+// while such an acquire waits, its releases go to pgxpool
 // rather than to parking or tenantpg's own waiters. pgx-native callers wait
 // in pgxpool's Acquire, which tenantpg does not see: a tenant whose
 // database/sql checkouts keep every connection busy would otherwise hand
@@ -422,33 +423,52 @@ func (e *poolEntry) unparkAll() { e.unpark(1<<63 - 1) }
 const nativeWindow = 2 * time.Second
 
 // ownAcquireKey marks the context of tenantpg's own acquires from pgxpool,
-// so that the pool's PrepareConn hook tells pgx-native ones apart.
+// so that releaseTracer tells pgx-native ones apart.
 type ownAcquireKey struct{}
 
 func ownAcquire(ctx context.Context) context.Context {
 	return context.WithValue(ctx, ownAcquireKey{}, true)
 }
 
-// openNative starts or extends e's native window at clock reading now.
-// Like closePool it raises slow before anything is given back, so that a
-// release either sees it or parks where unparkAll finds it.
-func (e *poolEntry) openNative(now int64) {
+// openNative starts or extends e's native window: it lasts nativeWindow
+// from now. Like closePool it raises slow before anything is given back,
+// so that a release either sees it or parks where unparkAll finds it. It
+// counts as a use of the pool for the reaper.
+func (e *poolEntry) openNative() {
+	now := e.clock.read()
+	e.touch(now)
 	e.parkMu.Lock()
-	e.nativeUntil = now + int64(nativeWindow)
+	e.openNativeLocked(now)
+	e.parkMu.Unlock()
+}
+
+func (e *poolEntry) openNativeLocked(now int64) {
+	e.nativeUntil = max(e.nativeUntil, now+int64(nativeWindow))
 	if !e.native.Load() {
 		e.native.Store(true)
 		e.slow.Add(1)
 	}
+}
+
+// nativeAcquire records a pgx-native acquire starting (+1) or ending (-1):
+// the window stays open while one is under way, and for nativeWindow after.
+func (e *poolEntry) nativeAcquire(delta int32) {
+	now := e.clock.read()
+	e.touch(now)
+	e.parkMu.Lock()
+	e.nativeAcquiring += delta
+	e.openNativeLocked(now)
 	e.parkMu.Unlock()
 }
 
-// closeNative ends e's native window once it is past at clock reading now.
+// closeNative ends e's native window once it is past at clock reading now
+// and no native acquire is under way.
 func (e *poolEntry) closeNative(now int64) {
 	if !e.native.Load() {
 		return
 	}
 	e.parkMu.Lock()
-	if e.native.Load() && now >= e.nativeUntil {
+	if e.native.Load() && e.nativeAcquiring == 0 && now >= e.nativeUntil {
 		e.native.Store(false)
 		e.slow.Add(-1)
 	}

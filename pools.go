@@ -43,8 +43,9 @@ type poolEntry struct {
 	beforeClose func(*pgx.Conn)
 	// native: releases go to pgxpool until nativeUntil (guarded by parkMu;
 	// native is read without it too), see nativeWindow.
-	native      atomic.Bool
-	nativeUntil int64
+	native          atomic.Bool
+	nativeAcquiring int32 // pgx-native acquires under way
+	nativeUntil     int64
 
 	tenants   map[string]struct{} // guarded by poolSet.mu
 	removed   bool                // guarded by poolSet.mu
@@ -462,7 +463,7 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 			}
 		}
 		e.unparkAll() // parked connections become pgxpool's idle ones
-		idle := e.pool.AcquireAllIdle(ownAcquire(context.Background()))
+		idle := e.pool.AcquireAllIdle(context.Background())
 		if len(idle) == 0 {
 			continue
 		}

@@ -45,7 +45,7 @@ func (t *releaseTracer) TraceRelease(pool *pgxpool.Pool, data pgxpool.TraceRelea
 	if r, ok := t.inner.(pgxpool.ReleaseTracer); ok {
 		r.TraceRelease(pool, data)
 	}
-	if !data.Conn.IsClosed() && t.b.shouldYield(t.e) {
+	if t.b.max > 0 && !data.Conn.IsClosed() && t.b.shouldYield(t.e) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = data.Conn.Close(ctx)
 		cancel()
@@ -125,7 +125,13 @@ func (t *releaseTracer) TraceConnectEnd(ctx context.Context, d pgx.TraceConnectE
 	}
 }
 
+// TraceAcquireStart and TraceAcquireEnd see pgx-native acquires (those
+// without tenantpg's marker): while one waits, and for nativeWindow after,
+// releases go to pgxpool; and they count as use of the pool for the reaper.
 func (t *releaseTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireStartData) context.Context {
+	if ctx.Value(ownAcquireKey{}) == nil {
+		t.e.nativeAcquire(+1)
+	}
 	if i, ok := t.inner.(pgxpool.AcquireTracer); ok {
 		return i.TraceAcquireStart(ctx, p, d)
 	}
@@ -133,6 +139,9 @@ func (t *releaseTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, 
 }
 
 func (t *releaseTracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
+	if ctx.Value(ownAcquireKey{}) == nil {
+		t.e.nativeAcquire(-1)
+	}
 	if i, ok := t.inner.(pgxpool.AcquireTracer); ok {
 		i.TraceAcquireEnd(ctx, p, d)
 	}

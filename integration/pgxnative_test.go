@@ -407,3 +407,50 @@ func TestPoolNotReapedUnderNativeUse(t *testing.T) {
 		}
 	}
 }
+
+// TestNativeAcquireOutwaitsTheWindow: a native Acquire that waits longer
+// than the 2 s window after Pool (the tenant's only connection is held
+// 2.5 s at a time by database/sql transactions) keeps releases going to
+// pgxpool while it waits, and gets the connection at the next release; it
+// waited until the connection reached 10 s held when only Pool and
+// finished acquires opened the window.
+func TestNativeAcquireOutwaitsTheWindow(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	db := directUserDB(t, env, "pool_max_conns=1")
+	ctx, stop := context.WithCancel(tenantpg.WithTenant(testCtx(t), "t01"))
+	var wg sync.WaitGroup
+	var held atomic.Int64
+	for range 3 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				tx, err := db.BeginTx(ctx, nil)
+				if err != nil {
+					continue
+				}
+				held.Add(1)
+				_, _ = tx.ExecContext(ctx, "select pg_sleep(2.5)")
+				_ = tx.Commit()
+			}
+		})
+	}
+	defer func() { stop(); wg.Wait() }()
+	for held.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	pool, err := tenantpg.Pool(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, 6*time.Second)
+	defer cancel()
+	start := time.Now()
+	conn, err := pool.Acquire(actx)
+	if err != nil {
+		t.Fatalf("native Acquire behind 2.5 s transactions: %v after %v", err, time.Since(start))
+	}
+	conn.Release()
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("native Acquire took %v; one transaction of 2.5 s was ahead of it", d)
+	}
+}
