@@ -381,11 +381,10 @@ const closeDialWait = 2 * time.Second
 // does not wait for a slot as database/sql's checkouts do, so it is not a
 // *BudgetError). Connections parked for database/sql's next checkout are
 // given back to the pool first, so that its idle connections are all there,
-// and while a pgx-native Acquire on the pool waits, and for 2 seconds after
-// Pool or any native acquire, connections database/sql's checkouts release
-// go back to pgxpool too rather than to the tenant's next checkout, so that
-// a native Acquire on a busy tenant gets its turn. Native acquires count as
-// use of the pool: it
+// and while a pgx-native Acquire on the pool is under way, connections
+// database/sql's checkouts release go back to pgxpool too rather than to
+// the tenant's next checkout, so that a native Acquire on a busy tenant
+// gets its turn. Native acquires count as use of the pool: it
 // is closed when the tenant has been idle for tenant_pool_idle, or by
 // Forget, so fetch it per unit of work rather than keeping it. Errors are
 // those of Connect's tenant resolution.
@@ -394,7 +393,7 @@ func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, err
 	if err != nil {
 		return nil, err
 	}
-	e.openNative()
+	e.touch(c.clock.read())
 	e.unparkAll()
 	e.inflight.Add(-1)
 	return e.pool, nil

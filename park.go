@@ -294,7 +294,7 @@ func (e *poolEntry) wakeLocked() {
 // pool is closing, or else parks it.
 func (e *poolEntry) handOn(pc *pconn) {
 	e.parkMu.Lock()
-	native := e.native.Load()
+	native := e.nativeAcquiring > 0
 	if len(e.waiters) > 0 && !native {
 		w := e.popWaiterLocked()
 		e.parkMu.Unlock()
@@ -411,16 +411,14 @@ func (e *poolEntry) unpark(cutoff int64) int {
 // unparkAll gives every parked connection of e back to pgxpool.
 func (e *poolEntry) unparkAll() { e.unpark(1<<63 - 1) }
 
-// nativeWindow is how long after a pgx-native use of a pool (Pool, or an
-// acquire from pgxpool that is not tenantpg's, seen by releaseTracer) and
-// while such an acquire waits, its releases go to pgxpool
-// rather than to parking or tenantpg's own waiters. pgx-native callers wait
-// in pgxpool's Acquire, which tenantpg does not see: a tenant whose
-// database/sql checkouts keep every connection busy would otherwise hand
-// them on among themselves, and a native Acquire would wait until a
-// connection reached holdMax. In the window every checkout and native
-// acquire competes in pgxpool's queue.
-const nativeWindow = 2 * time.Second
+// Native acquires. pgx-native callers of Pool wait in pgxpool's Acquire,
+// which tenantpg does not see by itself: on a tenant whose checkouts keep
+// every connection busy, releases would go to the tenant's next checkout
+// and a native Acquire would wait until a connection reached holdMax. The
+// pool's releaseTracer counts native acquires under way; while there is
+// one, parked connections go back to pgxpool and so does every release,
+// where checkouts and native callers queue together. (No window after:
+// parking comes back as soon as no native acquire is under way.)
 
 // ownAcquireKey marks the context of tenantpg's own acquires from pgxpool,
 // so that releaseTracer tells pgx-native ones apart.
@@ -430,49 +428,24 @@ func ownAcquire(ctx context.Context) context.Context {
 	return context.WithValue(ctx, ownAcquireKey{}, true)
 }
 
-// openNative starts or extends e's native window: it lasts nativeWindow
-// from now. Like closePool it raises slow before anything is given back,
-// so that a release either sees it or parks where unparkAll finds it. It
-// counts as a use of the pool for the reaper.
-func (e *poolEntry) openNative() {
-	now := e.clock.read()
-	e.touch(now)
-	e.parkMu.Lock()
-	e.openNativeLocked(now)
-	e.parkMu.Unlock()
-}
-
-func (e *poolEntry) openNativeLocked(now int64) {
-	e.nativeUntil = max(e.nativeUntil, now+int64(nativeWindow))
-	if !e.native.Load() {
-		e.native.Store(true)
-		e.slow.Add(1)
-	}
-}
-
-// nativeAcquire records a pgx-native acquire starting (+1) or ending (-1):
-// the window stays open while one is under way, and for nativeWindow after.
+// nativeAcquire records a pgx-native acquire starting (+1) or ending (-1),
+// which also counts as a use of the pool for the reaper. Like closePool,
+// the first raises slow before it gives parked connections back, so that
+// a release either sees it or parks where unparkAll finds it.
 func (e *poolEntry) nativeAcquire(delta int32) {
-	now := e.clock.read()
-	e.touch(now)
+	e.touch(e.clock.read())
 	e.parkMu.Lock()
 	e.nativeAcquiring += delta
-	e.openNativeLocked(now)
-	e.parkMu.Unlock()
-}
-
-// closeNative ends e's native window once it is past at clock reading now
-// and no native acquire is under way.
-func (e *poolEntry) closeNative(now int64) {
-	if !e.native.Load() {
-		return
-	}
-	e.parkMu.Lock()
-	if e.native.Load() && e.nativeAcquiring == 0 && now >= e.nativeUntil {
-		e.native.Store(false)
+	switch {
+	case delta > 0 && e.nativeAcquiring == 1:
+		e.slow.Add(1)
+	case delta < 0 && e.nativeAcquiring == 0:
 		e.slow.Add(-1)
 	}
 	e.parkMu.Unlock()
+	if delta > 0 {
+		e.unparkAll()
+	}
 }
 
 // closePool stops parking, gives parked connections back, sends waiters to

@@ -40,12 +40,8 @@ type poolEntry struct {
 	hold      time.Duration // holdFor(pool_max_conn_lifetime): see holdMax
 	// beforeClose is the pool config's BeforeClose hook, which pgxpool
 	// runs when it destroys a connection; evictOne closes one itself.
-	beforeClose func(*pgx.Conn)
-	// native: releases go to pgxpool until nativeUntil (guarded by parkMu;
-	// native is read without it too), see nativeWindow.
-	native          atomic.Bool
-	nativeAcquiring int32 // pgx-native acquires under way
-	nativeUntil     int64
+	beforeClose     func(*pgx.Conn)
+	nativeAcquiring int32 // guarded by parkMu: pgx-native acquires under way (see nativeAcquire)
 
 	tenants   map[string]struct{} // guarded by poolSet.mu
 	removed   bool                // guarded by poolSet.mu
@@ -70,8 +66,7 @@ type poolEntry struct {
 	dials      atomic.Int64 // physical connections opened
 	evicted    atomic.Int64 // idle connections closed for the budget
 	handedOff  atomic.Int64 // released connections closed for budget waiters
-	// 320 bytes: a multiple of 64, so that an entry starts on a cache line
-	// (layout_test.go); pad here when fields change.
+	_          [8]byte      // to a multiple of 64 bytes, so that an entry starts on a cache line (layout_test.go)
 }
 
 // touch records a use of e at clock reading now.
@@ -514,7 +509,6 @@ func (s *poolSet) unparkStale(now int64) {
 	s.mu.RUnlock()
 	cutoff := now - int64(parkMax)
 	for _, e := range all {
-		e.closeNative(now)
 		e.unpark(cutoff)
 	}
 }

@@ -126,8 +126,8 @@ func (t *releaseTracer) TraceConnectEnd(ctx context.Context, d pgx.TraceConnectE
 }
 
 // TraceAcquireStart and TraceAcquireEnd see pgx-native acquires (those
-// without tenantpg's marker): while one waits, and for nativeWindow after,
-// releases go to pgxpool; and they count as use of the pool for the reaper.
+// without tenantpg's marker): while one is under way, releases go to
+// pgxpool (see nativeAcquire); and they count as use of the pool.
 func (t *releaseTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireStartData) context.Context {
 	if ctx.Value(ownAcquireKey{}) == nil {
 		t.e.nativeAcquire(+1)

@@ -408,13 +408,13 @@ func TestPoolNotReapedUnderNativeUse(t *testing.T) {
 	}
 }
 
-// TestNativeAcquireOutwaitsTheWindow: a native Acquire that waits longer
-// than the 2 s window after Pool (the tenant's only connection is held
-// 2.5 s at a time by database/sql transactions) keeps releases going to
-// pgxpool while it waits, and gets the connection at the next release; it
-// waited until the connection reached 10 s held when only Pool and
-// finished acquires opened the window.
-func TestNativeAcquireOutwaitsTheWindow(t *testing.T) {
+// TestNativeAcquireBehindLongTransactions: a native Acquire that waits
+// long (the tenant's only connection is held 2.5 s at a time by
+// database/sql transactions) keeps releases going to pgxpool while it
+// waits, and gets the connection at the next release; it waited until the
+// connection reached 10 s held when only Pool and finished acquires
+// diverted releases for 2 s.
+func TestNativeAcquireBehindLongTransactions(t *testing.T) {
 	env := pgtest.Shared(t)
 	tenants(t, env, 1)
 	db := directUserDB(t, env, "pool_max_conns=1")
@@ -452,5 +452,33 @@ func TestNativeAcquireOutwaitsTheWindow(t *testing.T) {
 	conn.Release()
 	if d := time.Since(start); d > 4*time.Second {
 		t.Fatalf("native Acquire took %v; one transaction of 2.5 s was ahead of it", d)
+	}
+}
+
+// TestPoolKeepsParking: fetching a tenant's Pool, without acquiring from
+// it, leaves parking on: database/sql's next checkouts reuse the parked
+// connection without an acquire from pgxpool. A first version of the
+// native-acquire fix turned parking off for 2 s after every Pool call, and
+// made each of these checkouts a pgxpool acquire and release.
+func TestPoolKeepsParking(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	db := directUserDB(t, env)
+	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	if _, err := db.ExecContext(ctx, "select 1"); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := tenantpg.Pool(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := pool.Stat().AcquireCount()
+	for range 100 {
+		if _, err := db.ExecContext(ctx, "select 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pool.Stat().AcquireCount() - before; n > 2 {
+		t.Fatalf("100 checkouts after Pool made %d acquires from pgxpool; parked reuse makes none", n)
 	}
 }
