@@ -387,8 +387,11 @@ const closeDialWait = 2 * time.Second
 // gets its turn. Native acquires count as use of the pool: it
 // is closed when the tenant has been idle for tenant_pool_idle, or by
 // Forget, so fetch it per unit of work rather than keeping it. Errors are
-// those of Connect's tenant resolution.
+// those of Connect's tenant resolution, and ErrClosed after Close.
 func (c *Connector) Pool(ctx context.Context, tenant string) (*pgxpool.Pool, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
 	e, err := c.set.enter(ctx, tenant)
 	if err != nil {
 		return nil, err

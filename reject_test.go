@@ -1,6 +1,7 @@
 package tenantpg
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -112,6 +113,24 @@ func TestExplicitZeroDisablesRejectCacheAndReaping(t *testing.T) {
 		c.set.reap(c.clock.read()+int64(24*time.Hour), after)
 		if reaped := e.isClosed() || c.set.lookup("b") == nil; reaped != x.reapedInADay {
 			t.Errorf("%q: unused pool reaped after a day %v, want %v", x.params, reaped, x.reapedInADay)
+		}
+	}
+}
+
+// After Close, Pool fails with ErrClosed, also for a tenant in the
+// negative cache (it returned the cached *RejectedError).
+func TestPoolAfterCloseIsErrClosed(t *testing.T) {
+	c := offlineConnector(t)
+	e, done := inUse(t, c, "a")
+	c.set.reject("a", e, errors.New("password authentication failed"))
+	done()
+	if _, err := c.Pool(context.Background(), "a"); !errors.Is(err, ErrTenantRejected) {
+		t.Fatalf("Pool of a rejected tenant: %v", err)
+	}
+	c.Close()
+	for _, tenant := range []string{"a", "b"} {
+		if _, err := c.Pool(context.Background(), tenant); !errors.Is(err, ErrClosed) {
+			t.Errorf("Pool(%q) after Close: %v, want ErrClosed", tenant, err)
 		}
 	}
 }
