@@ -301,7 +301,7 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 		}
 		return nil
 	}
-	// Always: it sees pgx-native acquires (see nativeWindow), and hands
+	// Always: it sees pgx-native acquires (see nativeAcquire), and hands
 	// released connections to budget waiters when there is a budget.
 	pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b, e: e}
 }
