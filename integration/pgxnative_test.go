@@ -338,9 +338,9 @@ func acquireIdentity(ctx context.Context, pool *pgxpool.Pool, want string) error
 // tenant's connections busy (4 workers, pool_max_conns=2) and hand them on
 // among themselves; a pgx-native Acquire on the tenant's Pool waits in
 // pgxpool's queue, which tenantpg does not see, and waited until a
-// connection had been held for 10 s. Pool and native acquires now open a
-// window in which releases go to pgxpool: 20 native Execs, each within
-// 2 s, while the workers run.
+// connection had been held for 10 s. While a native acquire is under way,
+// releases now go to pgxpool: 20 native Execs, each within 2 s, while the
+// workers run.
 func TestNativeAcquireOnABusyTenant(t *testing.T) {
 	env := pgtest.Shared(t)
 	tenants(t, env, 1)
