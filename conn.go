@@ -85,7 +85,7 @@ func (h *Conn) Conn() *pgx.Conn {
 // type map, so its scan plans are dropped: the next query plans with the
 // map as it is then, as stdlib would (see scanCache).
 func (h *Conn) expose() *pgx.Conn {
-	h.pc.scan = nil
+	h.pc.st.scan = nil
 	return h.sc.Conn()
 }
 
@@ -375,8 +375,9 @@ func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 }
 
 // ExecContext runs query on the checkout's connection as stdlib.Conn's
-// ExecContext does, except for the error of an exec that sent nothing: it
-// is driver.ErrBadConn only when the connection is closed (see retryable).
+// ExecContext does (with arguments, on pgconn: statements.go), except for
+// the error of an exec that sent nothing: it is driver.ErrBadConn only
+// when the connection is closed (see retryable).
 func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	sc, err := h.bound(ctx)
 	if err != nil {
@@ -390,7 +391,14 @@ func (h *Conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	for i, v := range args {
 		a[i] = v.Value
 	}
-	tag, err := conn.Exec(h.pgxCtx(ctx, args), query, a...)
+	var tag pgconn.CommandTag
+	// Without arguments pgx sends the simple protocol, which runs
+	// several statements in one string: keep that.
+	if st := h.pc.st; len(args) > 0 && st.runs(query, args) {
+		tag, err = st.exec(h.pgxCtx(ctx, args), conn, query, a)
+	} else {
+		tag, err = conn.Exec(h.pgxCtx(ctx, args), query, a...)
+	}
 	if err != nil {
 		return nil, retryable(conn, err)
 	}

@@ -281,6 +281,11 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 		if rt, ok := cc.Tracer.(*releaseTracer); ok {
 			cc.Tracer = rt.inner
 		}
+		// Without one, a connection gets namedStatements, which lets
+		// tenantpg run database/sql's queries on pgconn (statements.go).
+		if cc.Tracer == nil {
+			cc.Tracer = namedStatements{}
+		}
 		st, _ := ctx.Value(callStateKey{}).(*callState)
 		cc.DialFunc = b.dialer(cc.DialFunc, e, st)
 		return nil

@@ -60,7 +60,7 @@ type pconn struct {
 	bare  bool          // no query tracer: a handle may give pgx context.Background() (Conn.pgxCtx)
 	at    atomic.Int64  // coarse clock reading of the last park
 	uses  atomic.Int64  // checkouts served
-	scan  *scanCache    // scan plans for database/sql, from the first query on (rows.go)
+	st    *connState    // the connection's (statements.go); its scan plans are this pconn's
 	until int64         // coarse clock reading after which park gives it back to pgxpool (holdMax); fixed
 }
 
@@ -151,7 +151,9 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 		if err == nil {
 			sc := dc.(*stdlib.Conn)
 			// bare per connection: a BeforeConnect hook may set a tracer on one.
-			pc = &pconn{sc: sc, e: e, bare: queriesUntraced(sc.Conn().Config().Tracer),
+			st := stateOf(sc.Conn())
+			st.scan = nil // code outside tenantpg may have changed the type map since
+			pc = &pconn{sc: sc, e: e, bare: queriesUntraced(sc.Conn().Config().Tracer), st: st,
 				until: c.clock.read() + int64(e.hold)}
 		}
 		e.parkMu.Lock()
@@ -328,7 +330,7 @@ func (e *poolEntry) giveBack(pc *pconn) {
 	// An idle handle may still point at pc (Conn.last); let the connection,
 	// the pool and the scan plans go. Nobody reads these fields without
 	// claiming pc first, and a gone pconn cannot be claimed.
-	pc.sc, pc.e, pc.scan = nil, nil, nil
+	pc.sc, pc.e, pc.st = nil, nil, nil
 }
 
 // park ends a checkout of pc: it gives pc back to pgxpool when pc is not

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -234,11 +235,12 @@ func (c *scanCache) value(p *scanPlan, src []byte) (driver.Value, error) {
 	}
 }
 
-// rows is the driver.Rows of a query: pgx's rows, with the first row read
+// rows is the driver.Rows of a query: pgx's rows, or pgconn's result when
+// tenantpg sent the query itself (statements.go), with the first row read
 // already (database/sql asks for the columns before the first Next, and
 // pgx knows them only once the result has started).
 type rows struct {
-	rows  pgx.Rows
+	rows  source
 	m     *pgtype.Map
 	pc    *pconn     // whose scan plans the rows take (plan)
 	cache *scanCache // pc's cache as of then: its targets, even if Raw drops it from pc
@@ -247,11 +249,62 @@ type rows struct {
 	skipNext bool // the first row is read and not yet returned
 	more     bool // whether there was a first row
 
-	// Room for a query's arguments (with resultFormats first): pgx keeps
-	// them with its rows, so they live as long as these.
+	res result // rows when tenantpg sent the query
+
+	// Room for a query's arguments (with resultFormats first when pgx runs
+	// the query): pgx keeps them with its rows, so they live as long as
+	// these.
 	args   [4]any
 	inline [4]scanPlan
 }
+
+// source is what rows read: pgx.Rows, or a result.
+type source interface {
+	Next() bool
+	Err() error
+	Close()
+	FieldDescriptions() []pgconn.FieldDescription
+	RawValues() [][]byte
+}
+
+// result reads pgconn's result of a query tenantpg sent, as pgx's rows
+// read theirs; an error of the execution drops the statement from the
+// connection's cache (connState.failed).
+type result struct {
+	rr     *pgconn.ResultReader
+	st     *connState
+	cs     *cachedStmt
+	err    error
+	closed bool
+}
+
+var _ source = (*result)(nil)
+
+func (r *result) Next() bool {
+	if r.closed {
+		return false
+	}
+	if r.rr.NextRow() {
+		return true
+	}
+	r.Close()
+	return false
+}
+
+func (r *result) Err() error { return r.err }
+
+func (r *result) Close() {
+	if r.closed {
+		return
+	}
+	r.closed = true
+	_, r.err = r.rr.Close()
+	r.st.failed(r.cs, r.err)
+}
+
+func (r *result) FieldDescriptions() []pgconn.FieldDescription { return r.rr.FieldDescriptions() }
+
+func (r *result) RawValues() [][]byte { return r.rr.Values() }
 
 var (
 	_ driver.Rows                           = (*rows)(nil)
@@ -272,11 +325,23 @@ func (pc *pconn) query(ctx context.Context, query string, args []driver.NamedVal
 		return nil, driver.ErrBadConn
 	}
 	r := &rows{m: conn.TypeMap(), pc: pc}
+	st := pc.st
+	fast := st.runs(query, args)
 	a := r.args[:]
-	if n := len(args) + 1; n <= len(a) {
+	n := len(args)
+	if !fast {
+		n++ // resultFormats first
+	}
+	if n <= len(a) {
 		a = a[:n]
 	} else {
 		a = make([]any, n)
+	}
+	if fast {
+		for i, v := range args {
+			a[i] = v.Value
+		}
+		return r.send(ctx, conn, st, query, a)
 	}
 	a[0] = resultFormats
 	for i, v := range args {
@@ -293,6 +358,32 @@ func (pc *pconn) query(ctx context.Context, query string, args []driver.NamedVal
 	}
 	r.rows, r.skipNext, r.more = pr, true, more
 	return r, nil
+}
+
+// send runs query with args through st (statements.go) and reads the first
+// row. A query whose cached statement code outside tenantpg deallocated is
+// prepared and sent again when it ran outside a transaction: its
+// execution did nothing, and pgx's own cache would not have failed there
+// (pgx.Conn.DeallocateAll empties it).
+func (r *rows) send(ctx context.Context, conn *pgx.Conn, st *connState, query string, args []any) (driver.Rows, error) {
+	pgc := conn.PgConn()
+	for retry := true; ; retry = false {
+		idle := pgc.TxStatus() == 'I'
+		rr, cs, err := st.send(ctx, pgc, r.m, query, args)
+		if err != nil {
+			return nil, retryable(conn, err)
+		}
+		r.res = result{rr: rr, st: st, cs: cs}
+		more := r.res.Next()
+		if err := r.res.Err(); err != nil {
+			if retry && idle && missing(cs, err) {
+				continue
+			}
+			return nil, retryable(conn, err)
+		}
+		r.rows, r.skipNext, r.more = &r.res, true, more
+		return r, nil
+	}
 }
 
 // Columns returns the result's column names.
@@ -337,10 +428,10 @@ func (r *rows) plan() {
 	if r.plans != nil {
 		return
 	}
-	if r.pc.scan == nil {
-		r.pc.scan = new(scanCache)
+	if r.pc.st.scan == nil {
+		r.pc.st.scan = new(scanCache)
 	}
-	r.cache = r.pc.scan
+	r.cache = r.pc.st.scan
 	fds := r.rows.FieldDescriptions()
 	r.plans = r.inline[:0]
 	if len(fds) > len(r.inline) {

@@ -33,10 +33,14 @@ var (
 )
 
 // queriesUntraced reports whether t, a connection's tracer, traces no
-// queries: it is nil, or tenantpg's releaseTracer around nothing.
+// queries: it is nil, tenantpg's namedStatements, or tenantpg's
+// releaseTracer around nothing.
 func queriesUntraced(t pgx.QueryTracer) bool {
-	if r, ok := t.(*releaseTracer); ok {
-		return r.inner == nil
+	switch t := t.(type) {
+	case *releaseTracer:
+		return t.inner == nil
+	case namedStatements:
+		return true
 	}
 	return t == nil
 }

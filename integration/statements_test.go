@@ -1,0 +1,305 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/tenantpg/tenantpg"
+	"github.com/tenantpg/tenantpg/internal/pgtest"
+)
+
+// tenantpg runs database/sql's queries and execs on pgconn, with a
+// statement cache of its own in cache_statement mode (statements.go).
+// These tests hold it to what pgx's Conn.Query does.
+
+// serverStatements returns the names of the statements tenantpg prepared
+// on conn's server session, read without preparing one.
+func serverStatements(t *testing.T, ctx context.Context, conn *sql.Conn) []string {
+	t.Helper()
+	var names []string
+	mustRaw(t, conn, func(pc *pgx.Conn) error {
+		rows, err := pc.Query(ctx, `select name from pg_prepared_statements where name like 'tenantpg\_%' order by name`,
+			pgx.QueryExecModeSimpleProtocol)
+		if err != nil {
+			return err
+		}
+		names, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	return names
+}
+
+// tenantSession returns a *sql.Conn of tenant t01, opened with the DSN params
+// extra, and its context; both end with the test.
+func tenantSession(t *testing.T, extra ...string) (context.Context, *sql.Conn) {
+	t.Helper()
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	db := directUserDB(t, env, extra...)
+	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return ctx, conn
+}
+
+func mustRaw(t *testing.T, conn *sql.Conn, f func(*pgx.Conn) error) {
+	t.Helper()
+	if err := rawConn(conn, f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNamedStatementsRunByName: pgx runs a query whose text is the name of
+// a statement pgx.Conn.Prepare made on the connection as that statement,
+// through stdlib too; a user's AfterConnect hook that prepares statements
+// relies on it. tenantpg runs such queries through pgx, in and outside
+// transactions, for names given in a hook and inside Raw.
+func TestNamedStatementsRunByName(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	for _, mode := range []string{"cache_statement", "exec"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg, err := tenantpg.ParseConfig(withParams(env.DirectURL(env.AppUser, env.AppDatabase),
+				"tenant_user={user}.{tenant}", "default_query_exec_mode="+mode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Resolve = func(_ context.Context, _ string, pc *pgxpool.Config) error {
+				pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+					if _, err := c.Prepare(ctx, "whoami", "select current_user || ':' || $1::text"); err != nil {
+						return err
+					}
+					_, err := c.Prepare(ctx, "double it", "select 2 * $1::int")
+					return err
+				}
+				return nil
+			}
+			db, err := tenantpg.OpenDB(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			ctx := tenantpg.WithTenant(testCtx(t), "t01")
+			conn, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			mustRaw(t, conn, func(c *pgx.Conn) error {
+				_, err := c.Prepare(ctx, "later", "select 'prepared in Raw'")
+				return err
+			})
+			check := func(q interface {
+				QueryRowContext(context.Context, string, ...any) *sql.Row
+			}, where string) {
+				if s, err := queryString(ctx, q, "whoami", "x"); err != nil || s != "app.t01:x" {
+					t.Errorf("%s: whoami: %q, %v", where, s, err)
+				}
+				var n int
+				if err := q.QueryRowContext(ctx, "double it", 21).Scan(&n); err != nil || n != 42 {
+					t.Errorf("%s: double it: %d, %v", where, n, err)
+				}
+				if s, err := queryString(ctx, q, "later"); err != nil || s != "prepared in Raw" {
+					t.Errorf("%s: later: %q, %v", where, s, err)
+				}
+			}
+			check(conn, "outside a transaction")
+			tx, err := conn.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback() // a failure below must not leave conn.Close waiting for the transaction
+			check(tx, "in a transaction")
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.ExecContext(ctx, "double it", 1); err != nil {
+				t.Errorf("exec by name: %v", err)
+			}
+		})
+	}
+}
+
+// TestStatementCacheFollowsTheSchema: a cached statement whose result no
+// longer fits the table fails once, as under pgx ("cached plan must not
+// change result type"), and is deallocated and prepared again: the next
+// query sees the new column, and the server keeps one statement for it.
+func TestStatementCacheFollowsTheSchema(t *testing.T) {
+	ctx, conn := tenantSession(t, "default_query_exec_mode=cache_statement")
+	if _, err := conn.ExecContext(ctx, "create temp table s as select 1 as a"); err != nil {
+		t.Fatal(err)
+	}
+	const q = "select * from s where a = $1"
+	cols := func() ([]string, error) {
+		rows, err := conn.QueryContext(ctx, q, 1)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		c, err := rows.Columns()
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+		}
+		return c, rows.Err()
+	}
+	if c, err := cols(); err != nil || len(c) != 1 {
+		t.Fatalf("first query: %v, %v", c, err)
+	}
+	if n := serverStatements(t, ctx, conn); len(n) != 1 {
+		t.Fatalf("tenantpg's statements on the server: %v, want the query's one (the fast path is not in use?)", n)
+	}
+	if _, err := conn.ExecContext(ctx, "alter table s add column b text"); err != nil {
+		t.Fatal(err)
+	}
+	var pe *pgconn.PgError
+	if _, err := cols(); !errors.As(err, &pe) || pe.Code != "0A000" {
+		t.Fatalf("after the alter: %v, want pgx's error for a changed result type (0A000)", err)
+	}
+	if c, err := cols(); err != nil || len(c) != 2 {
+		t.Fatalf("the next query: %v, %v; want it prepared again, with both columns", c, err)
+	}
+	if n := serverStatements(t, ctx, conn); len(n) != 1 {
+		t.Fatalf("tenantpg's statements on the server: %v, want one: the failed one deallocated", n)
+	}
+}
+
+// TestStatementCacheCapacity: at most statement_cache_capacity statements
+// per connection, the least recently used deallocated.
+func TestStatementCacheCapacity(t *testing.T) {
+	ctx, conn := tenantSession(t, "default_query_exec_mode=cache_statement", "statement_cache_capacity=2")
+	query := func(q string) {
+		t.Helper()
+		var n int
+		if err := conn.QueryRowContext(ctx, q, 1).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qs := []string{"select $1::int + 1", "select $1::int + 2", "select $1::int + 3", "select $1::int + 4"}
+	for _, q := range qs {
+		query(q)
+	}
+	query(qs[2]) // most recent now; qs[3] next
+	query(qs[1]) // evicts qs[3]: deallocated before the next execution
+	if n := serverStatements(t, ctx, conn); len(n) > 3 {
+		t.Fatalf("%d statements on the server after 4 queries under capacity 2: %v", len(n), n)
+	}
+	if _, err := conn.ExecContext(ctx, "select $1::int + 2", 1); err != nil { // cached: deallocates only
+		t.Fatal(err)
+	}
+	n := serverStatements(t, ctx, conn)
+	want := []string{statementName(qs[1]), statementName(qs[2])}
+	slices.Sort(want)
+	if strings.Join(n, ",") != strings.Join(want, ",") {
+		t.Fatalf("statements on the server: %v, want those of the two most recent queries %v", n, want)
+	}
+}
+
+// TestStatementsDeallocatedByOthers: code inside Raw that deallocates every
+// statement (pgx.Conn.DeallocateAll, DISCARD ALL) leaves tenantpg's cache
+// pointing at nothing. Outside a transaction the next query or exec is
+// prepared and sent again (pgx's own cache, which DeallocateAll empties,
+// would not fail there); inside one it fails once, as pgx's cache does
+// after DISCARD ALL, and works after the transaction.
+func TestStatementsDeallocatedByOthers(t *testing.T) {
+	ctx, conn := tenantSession(t, "default_query_exec_mode=cache_statement")
+	const q = "select $1::int * 3"
+	three := func(q interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	}) error {
+		var n int
+		if err := q.QueryRowContext(ctx, "select $1::int * 3", 2).Scan(&n); err != nil {
+			return err
+		}
+		if n != 6 {
+			t.Fatalf("got %d", n)
+		}
+		return nil
+	}
+	if err := three(conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, q, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, drop := range []func(*pgx.Conn) error{
+		func(c *pgx.Conn) error { return c.DeallocateAll(ctx) },
+		func(c *pgx.Conn) error { _, err := c.Exec(ctx, "discard all"); return err },
+	} {
+		mustRaw(t, conn, drop)
+		if err := three(conn); err != nil {
+			t.Fatalf("query after the statements were deallocated: %v", err)
+		}
+		mustRaw(t, conn, drop)
+		if _, err := conn.ExecContext(ctx, q, 1); err != nil {
+			t.Fatalf("exec after the statements were deallocated: %v", err)
+		}
+	}
+	mustRaw(t, conn, func(c *pgx.Conn) error { return c.DeallocateAll(ctx) })
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback() // a failure below must not leave conn.Close waiting for the transaction
+	var pe *pgconn.PgError
+	if err := three(tx); !errors.As(err, &pe) || pe.Code != "26000" {
+		t.Fatalf("in a transaction: %v, want 26000 (prepared statement does not exist)", err)
+	}
+	tx.Rollback()
+	if err := three(conn); err != nil {
+		t.Fatalf("after the transaction: %v", err)
+	}
+}
+
+// TestStatementErrorsAsPgx: the errors of queries tenantpg sends itself
+// are pgx's, and the session stays usable after each.
+func TestStatementErrorsAsPgx(t *testing.T) {
+	for _, mode := range []string{"cache_statement", "exec"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx, conn := tenantSession(t, "default_query_exec_mode="+mode)
+			var pe *pgconn.PgError
+			if _, err := conn.QueryContext(ctx, "selec 1"); !errors.As(err, &pe) || pe.Code != "42601" {
+				t.Errorf("syntax error: %v", err)
+			}
+			if _, err := conn.ExecContext(ctx, "selec $1", 1); !errors.As(err, &pe) || pe.Code != "42601" {
+				t.Errorf("syntax error (exec): %v", err)
+			}
+			if _, err := conn.QueryContext(ctx, "select 1/$1::int", 0); !errors.As(err, &pe) || pe.Code != "22012" {
+				t.Errorf("division by zero: %v", err)
+			}
+			_, err := conn.QueryContext(ctx, "select $1::int", 1, 2)
+			if mode == "cache_statement" && (err == nil || err.Error() != "expected 1 arguments, got 2") {
+				t.Errorf("too many arguments: %v, want pgx's message", err)
+			}
+			if mode == "exec" && (!errors.As(err, &pe) || pe.Code != "08P01") {
+				t.Errorf("too many arguments: %v, want the server's protocol violation", err)
+			}
+			if _, err := conn.QueryContext(ctx, "select $1::int", struct{}{}); err == nil || !strings.Contains(err.Error(), "args[0]") {
+				t.Errorf("an argument pgx cannot encode: %v", err)
+			}
+			var n int
+			if err := conn.QueryRowContext(ctx, "select $1::int", 5).Scan(&n); err != nil || n != 5 {
+				t.Fatalf("the session after the errors: %d, %v", n, err)
+			}
+		})
+	}
+}
+
+// statementName is tenantpg's name for query's statement (statements.go).
+func statementName(query string) string {
+	d := sha256.Sum256([]byte(query))
+	return "tenantpg_" + hex.EncodeToString(d[:24])
+}

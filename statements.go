@@ -1,0 +1,322 @@
+package tenantpg
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql/driver"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// database/sql's queries and execs run on pgconn, below pgx.Conn, when the
+// connection's default exec mode is cache_statement or exec and it has no
+// tracer: the same protocol messages, argument encoding (pgx's
+// ExtendedQueryBuilder) and result formats as pgx stdlib, without what
+// pgx.Conn.Query does around them for features database/sql cannot reach
+// (query options, rewriters, tracers, its rows type): about 5% of the
+// client's CPU per query (docs/architecture.md, "Statements"). In
+// cache_statement mode that needs a statement cache of tenantpg's own, with
+// pgx's policy: one named prepared statement per SQL text and connection,
+// at most StatementCacheCapacity of them (least recently used ones are
+// deallocated), and a statement whose execution fails is deallocated and
+// prepared again on its next use.
+
+// stateKey is the key of a connection's connState in its PgConn's
+// CustomData.
+const stateKey = "github.com/tenantpg/tenantpg"
+
+// connState is what tenantpg keeps with a pgx connection for its life.
+// Only the connection's holder uses it, as only the holder uses the
+// connection.
+type connState struct {
+	// fast: database/sql operations run on pgconn (see above); set when
+	// the connection is made, from its config.
+	fast bool
+	mode pgx.QueryExecMode // the connection's default exec mode
+	max  int               // statement cache capacity
+
+	eqb pgx.ExtendedQueryBuilder
+
+	// scan: the scan plans of the tenantpg checkout holding the
+	// connection (rows.go); a new pconn starts without.
+	scan *scanCache
+
+	// names are the names pgx.Conn.Prepare was given on this connection
+	// (seen by namedStatements), but for pgx's own statement cache's.
+	// pgx runs a query whose text is such a name as that prepared
+	// statement, so such queries go through pgx.
+	names map[string]struct{}
+
+	stmts      map[string]*cachedStmt // by SQL text
+	head, tail *cachedStmt            // most and least recently used
+	stale      []string               // statements to deallocate before the next execution
+}
+
+// cachedStmt is a statement tenantpg prepared on a connection.
+type cachedStmt struct {
+	sd         *pgconn.StatementDescription
+	formats    []int16 // result formats: pgx stdlib's by type OID
+	prev, next *cachedStmt
+}
+
+// stateOf returns conn's connState, made on first use.
+func stateOf(conn *pgx.Conn) *connState {
+	cd := conn.PgConn().CustomData()
+	if st, ok := cd[stateKey].(*connState); ok {
+		return st
+	}
+	cfg := conn.Config()
+	_, watched := cfg.Tracer.(namedStatements)
+	st := &connState{mode: cfg.DefaultQueryExecMode, max: cfg.StatementCacheCapacity}
+	st.fast = watched && (st.mode == pgx.QueryExecModeExec || st.mode == pgx.QueryExecModeCacheStatement && st.max > 0)
+	cd[stateKey] = st
+	return st
+}
+
+// runs reports whether tenantpg runs query with args itself: the
+// connection allows it, query is not empty (pgx sends an empty query by
+// the simple protocol), is no name of a statement pgx prepared, and args
+// hold no pgx query options (exec mode, result formats, rewriters such as
+// pgx.NamedArgs).
+func (st *connState) runs(query string, args []driver.NamedValue) bool {
+	if !st.fast || query == "" {
+		return false
+	}
+	if len(st.names) > 0 {
+		if _, ok := st.names[query]; ok {
+			return false
+		}
+	}
+	for _, a := range args {
+		switch a.Value.(type) {
+		case pgx.QueryRewriter, pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+			return false
+		}
+	}
+	return true
+}
+
+// send sends query with args as pgx.Conn.Query would in the connection's
+// mode and returns the result to read, and the cached statement it
+// executed (nil in exec mode). It returns an error when nothing was sent:
+// stale statements could not be deallocated, query could not be prepared
+// or args encoded.
+func (st *connState) send(ctx context.Context, pgc *pgconn.PgConn, m *pgtype.Map, query string, args []any) (*pgconn.ResultReader, *cachedStmt, error) {
+	if len(st.stale) > 0 {
+		if err := st.deallocate(ctx, pgc); err != nil {
+			return nil, nil, err
+		}
+	}
+	if st.mode == pgx.QueryExecModeExec {
+		if err := st.eqb.Build(m, nil, args); err != nil {
+			return nil, nil, err
+		}
+		rr := pgc.ExecParams(ctx, query, st.eqb.ParamValues, nil, st.eqb.ParamFormats, st.eqb.ResultFormats)
+		st.sent()
+		return rr, nil, nil
+	}
+	cs, err := st.statement(ctx, pgc, query)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(cs.sd.ParamOIDs) != len(args) {
+		return nil, nil, fmt.Errorf("expected %d arguments, got %d", len(cs.sd.ParamOIDs), len(args))
+	}
+	if err := st.eqb.Build(m, cs.sd, args); err != nil {
+		return nil, nil, err
+	}
+	rr := pgc.ExecStatement(ctx, cs.sd, st.eqb.ParamValues, st.eqb.ParamFormats, cs.formats)
+	st.sent()
+	return rr, cs, nil
+}
+
+// exec runs query with args through send and returns its command tag. As
+// rows.send does, it sends again once when the cached statement was
+// deallocated by code outside tenantpg and the exec ran outside a
+// transaction.
+func (st *connState) exec(ctx context.Context, conn *pgx.Conn, query string, args []any) (pgconn.CommandTag, error) {
+	pgc := conn.PgConn()
+	for retry := true; ; retry = false {
+		idle := pgc.TxStatus() == 'I'
+		rr, cs, err := st.send(ctx, pgc, conn.TypeMap(), query, args)
+		if err != nil {
+			return pgconn.CommandTag{}, err
+		}
+		tag, err := rr.Close()
+		st.failed(cs, err)
+		if err != nil && retry && idle && missing(cs, err) {
+			continue
+		}
+		return tag, err
+	}
+}
+
+// sent lets the encoded arguments of a query go once it is sent, as pgx
+// does, when they are large; small ones keep their buffers for the next.
+func (st *connState) sent() {
+	n := 0
+	for _, v := range st.eqb.ParamValues {
+		n += len(v)
+	}
+	if n > 256 || cap(st.eqb.ParamValues) > 64 {
+		st.eqb = pgx.ExtendedQueryBuilder{}
+	}
+}
+
+// statement returns the cached statement for query, preparing it on a
+// miss.
+func (st *connState) statement(ctx context.Context, pgc *pgconn.PgConn, query string) (*cachedStmt, error) {
+	if cs := st.stmts[query]; cs != nil {
+		st.unlink(cs)
+		st.push(cs)
+		return cs, nil
+	}
+	name := statementName(query)
+	sd, err := pgc.Prepare(ctx, name, query, nil)
+	if err != nil {
+		var pe *pgconn.PrepareError
+		if errors.As(err, &pe) && pe.ParseComplete {
+			st.stale = append(st.stale, name) // parsed, then failed: the server keeps it
+		}
+		return nil, err
+	}
+	cs := &cachedStmt{sd: sd, formats: make([]int16, len(sd.Fields))}
+	for i, f := range sd.Fields {
+		cs.formats[i] = resultFormats[f.DataTypeOID]
+	}
+	st.add(cs)
+	return cs, nil
+}
+
+// add caches cs as the most recently used statement, and drops the least
+// recently used beyond the capacity.
+func (st *connState) add(cs *cachedStmt) {
+	if st.stmts == nil {
+		st.stmts = make(map[string]*cachedStmt)
+	}
+	st.stmts[cs.sd.SQL] = cs
+	st.push(cs)
+	for len(st.stmts) > st.max {
+		st.drop(st.tail)
+	}
+}
+
+// statementName names the statement tenantpg prepares for query: as pgx
+// names its own, with a prefix of tenantpg's so that the two caches never
+// share a name.
+func statementName(query string) string {
+	d := sha256.Sum256([]byte(query))
+	return "tenantpg_" + hex.EncodeToString(d[:24])
+}
+
+// failed is called with the error of an execution of cs (nil in exec
+// mode): as pgx does with its cache, a statement whose execution failed
+// is deallocated and prepared again on its next use (the error may be
+// that its plan no longer fits the schema).
+func (st *connState) failed(cs *cachedStmt, err error) {
+	if cs != nil && err != nil && st.stmts[cs.sd.SQL] == cs {
+		st.drop(cs)
+	}
+}
+
+// drop removes cs from the cache; it is deallocated before the next
+// execution.
+func (st *connState) drop(cs *cachedStmt) {
+	st.unlink(cs)
+	delete(st.stmts, cs.sd.SQL)
+	st.stale = append(st.stale, cs.sd.Name)
+}
+
+// deallocate deallocates stale statements, as pgx does its own: in one
+// round trip, and only outside a failed transaction (the server would
+// refuse).
+func (st *connState) deallocate(ctx context.Context, pgc *pgconn.PgConn) error {
+	if s := pgc.TxStatus(); s != 'I' && s != 'T' {
+		return nil
+	}
+	p := pgc.StartPipeline(ctx)
+	for _, name := range st.stale {
+		p.SendDeallocate(name)
+	}
+	err := p.Sync()
+	if cerr := p.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("tenantpg: deallocate cached statements: %w", err)
+	}
+	clear(st.stale)
+	st.stale = st.stale[:0]
+	return nil
+}
+
+// missing reports whether err says that cs is not prepared on the server:
+// code outside tenantpg deallocated it (DEALLOCATE ALL, DISCARD ALL,
+// pgx.Conn.DeallocateAll). The execution then did nothing.
+func missing(cs *cachedStmt, err error) bool {
+	var pe *pgconn.PgError
+	return cs != nil && errors.As(err, &pe) && pe.Code == "26000" && strings.Contains(pe.Message, cs.sd.Name)
+}
+
+func (st *connState) push(cs *cachedStmt) {
+	cs.prev, cs.next = nil, st.head
+	if st.head != nil {
+		st.head.prev = cs
+	}
+	st.head = cs
+	if st.tail == nil {
+		st.tail = cs
+	}
+}
+
+func (st *connState) unlink(cs *cachedStmt) {
+	if cs.prev != nil {
+		cs.prev.next = cs.next
+	} else {
+		st.head = cs.next
+	}
+	if cs.next != nil {
+		cs.next.prev = cs.prev
+	} else {
+		st.tail = cs.prev
+	}
+	cs.prev, cs.next = nil, nil
+}
+
+// namedStatements is the tracer of connections that have none: it records
+// the names pgx.Conn.Prepare is given (by the user's hooks, or code inside
+// Raw or on Pool's connections), because pgx runs a query whose text is
+// such a name as that prepared statement (see connState.names). It traces
+// nothing else.
+type namedStatements struct{}
+
+var (
+	_ pgx.QueryTracer   = namedStatements{}
+	_ pgx.PrepareTracer = namedStatements{}
+)
+
+func (namedStatements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+
+func (namedStatements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (namedStatements) TracePrepareStart(ctx context.Context, c *pgx.Conn, d pgx.TracePrepareStartData) context.Context {
+	// pgx names its statement cache's statements stmtcache_<digest>.
+	if d.Name != "" && !strings.HasPrefix(d.Name, "stmtcache_") {
+		st := stateOf(c)
+		if st.names == nil {
+			st.names = make(map[string]struct{})
+		}
+		st.names[d.Name] = struct{}{}
+	}
+	return ctx
+}
+
+func (namedStatements) TracePrepareEnd(context.Context, *pgx.Conn, pgx.TracePrepareEndData) {}
