@@ -150,11 +150,9 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 		var pc *pconn
 		if err == nil {
 			sc := dc.(*stdlib.Conn)
-			// bare per connection: a BeforeConnect hook may set a tracer on one.
 			st := stateOf(sc.Conn())
 			st.scan = nil // code outside tenantpg may have changed the type map since
-			pc = &pconn{sc: sc, e: e, bare: queriesUntraced(sc.Conn().Config().Tracer), st: st,
-				until: c.clock.read() + int64(e.hold)}
+			pc = &pconn{sc: sc, e: e, bare: st.bare, st: st, until: c.clock.read() + int64(e.hold)}
 		}
 		e.parkMu.Lock()
 		e.acquiring--
@@ -327,8 +325,9 @@ func (e *poolEntry) giveBack(pc *pconn) {
 	e.held--
 	e.wakeLocked()
 	e.parkMu.Unlock()
-	// An idle handle may still point at pc (Conn.last); let the connection,
-	// the pool and the scan plans go. Nobody reads these fields without
+	// An idle handle may still point at pc (Conn.last); let the connection
+	// and the pool go (the scan plans stay with the connection's state
+	// until its next pconn starts without). Nobody reads these fields without
 	// claiming pc first, and a gone pconn cannot be claimed.
 	pc.sc, pc.e, pc.st = nil, nil, nil
 }

@@ -367,9 +367,10 @@ func (pc *pconn) query(ctx context.Context, query string, args []driver.NamedVal
 // (pgx.Conn.DeallocateAll empties it).
 func (r *rows) send(ctx context.Context, conn *pgx.Conn, st *connState, query string, args []any) (driver.Rows, error) {
 	pgc := conn.PgConn()
+	defer clear(r.args[:]) // sent: the rows need not keep them alive
 	for retry := true; ; retry = false {
 		idle := pgc.TxStatus() == 'I'
-		rr, cs, err := st.send(ctx, pgc, r.m, query, args)
+		rr, cs, err := st.send(ctx, pgc, r.m, query, args, true)
 		if err != nil {
 			return nil, retryable(conn, err)
 		}
@@ -379,7 +380,7 @@ func (r *rows) send(ctx context.Context, conn *pgx.Conn, st *connState, query st
 			if retry && idle && missing(cs, err) {
 				continue
 			}
-			return nil, retryable(conn, err)
+			return nil, err // as stdlib returns the first row's error
 		}
 		r.rows, r.skipNext, r.more = &r.res, true, more
 		return r, nil

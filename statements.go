@@ -38,6 +38,9 @@ type connState struct {
 	// fast: database/sql operations run on pgconn (see above); set when
 	// the connection is made, from its config.
 	fast bool
+	// bare: the connection has no query tracer (queriesUntraced), per
+	// connection because a BeforeConnect hook may set one.
+	bare bool
 	mode pgx.QueryExecMode // the connection's default exec mode
 	max  int               // statement cache capacity
 
@@ -50,8 +53,12 @@ type connState struct {
 	// names are the names pgx.Conn.Prepare was given on this connection
 	// (seen by namedStatements), but for pgx's own statement cache's.
 	// pgx runs a query whose text is such a name as that prepared
-	// statement, so such queries go through pgx.
-	names map[string]struct{}
+	// statement, so such queries go through pgx. Deallocating one is not
+	// traced: its name stays (and its text goes through pgx, which is
+	// always right). Beyond maxNames the connection stops running
+	// queries itself.
+	names     map[string]struct{}
+	preparing string // the name of the pgx.Conn.Prepare under way
 
 	stmts      map[string]*cachedStmt // by SQL text
 	head, tail *cachedStmt            // most and least recently used
@@ -73,7 +80,7 @@ func stateOf(conn *pgx.Conn) *connState {
 	}
 	cfg := conn.Config()
 	_, watched := cfg.Tracer.(namedStatements)
-	st := &connState{mode: cfg.DefaultQueryExecMode, max: cfg.StatementCacheCapacity}
+	st := &connState{bare: queriesUntraced(cfg.Tracer), mode: cfg.DefaultQueryExecMode, max: cfg.StatementCacheCapacity}
 	st.fast = watched && (st.mode == pgx.QueryExecModeExec || st.mode == pgx.QueryExecModeCacheStatement && st.max > 0)
 	cd[stateKey] = st
 	return st
@@ -102,12 +109,14 @@ func (st *connState) runs(query string, args []driver.NamedValue) bool {
 	return true
 }
 
-// send sends query with args as pgx.Conn.Query would in the connection's
-// mode and returns the result to read, and the cached statement it
-// executed (nil in exec mode). It returns an error when nothing was sent:
-// stale statements could not be deallocated, query could not be prepared
-// or args encoded.
-func (st *connState) send(ctx context.Context, pgc *pgconn.PgConn, m *pgtype.Map, query string, args []any) (*pgconn.ResultReader, *cachedStmt, error) {
+// send sends query with args as pgx.Conn.Query (forQuery) or Exec would in
+// the connection's mode and returns the result to read, and the cached
+// statement it executed (nil in exec mode). It returns an error when
+// nothing was sent: stale statements could not be deallocated, query could
+// not be prepared or args encoded; as pgx does, a cached statement whose
+// arguments did not fit is dropped (a migration may have changed its
+// parameters' types).
+func (st *connState) send(ctx context.Context, pgc *pgconn.PgConn, m *pgtype.Map, query string, args []any, forQuery bool) (*pgconn.ResultReader, *cachedStmt, error) {
 	if len(st.stale) > 0 {
 		if err := st.deallocate(ctx, pgc); err != nil {
 			return nil, nil, err
@@ -125,10 +134,12 @@ func (st *connState) send(ctx context.Context, pgc *pgconn.PgConn, m *pgtype.Map
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(cs.sd.ParamOIDs) != len(args) {
+	if forQuery && len(cs.sd.ParamOIDs) != len(args) {
+		st.drop(cs)
 		return nil, nil, fmt.Errorf("expected %d arguments, got %d", len(cs.sd.ParamOIDs), len(args))
 	}
 	if err := st.eqb.Build(m, cs.sd, args); err != nil {
+		st.drop(cs)
 		return nil, nil, err
 	}
 	rr := pgc.ExecStatement(ctx, cs.sd, st.eqb.ParamValues, st.eqb.ParamFormats, cs.formats)
@@ -144,7 +155,7 @@ func (st *connState) exec(ctx context.Context, conn *pgx.Conn, query string, arg
 	pgc := conn.PgConn()
 	for retry := true; ; retry = false {
 		idle := pgc.TxStatus() == 'I'
-		rr, cs, err := st.send(ctx, pgc, conn.TypeMap(), query, args)
+		rr, cs, err := st.send(ctx, pgc, conn.TypeMap(), query, args, false)
 		if err != nil {
 			return pgconn.CommandTag{}, err
 		}
@@ -218,10 +229,20 @@ func statementName(query string) string {
 // failed is called with the error of an execution of cs (nil in exec
 // mode): as pgx does with its cache, a statement whose execution failed
 // is deallocated and prepared again on its next use (the error may be
-// that its plan no longer fits the schema).
+// that its plan no longer fits the schema). When cs was missing on the
+// server, something deallocated every statement (pgx.Conn.DeallocateAll,
+// DEALLOCATE ALL, DISCARD ALL): they are all dropped, so that only this
+// execution fails (Close of a statement that does not exist succeeds).
 func (st *connState) failed(cs *cachedStmt, err error) {
-	if cs != nil && err != nil && st.stmts[cs.sd.SQL] == cs {
+	if cs == nil || err == nil || st.stmts[cs.sd.SQL] != cs {
+		return
+	}
+	if !missing(cs, err) {
 		st.drop(cs)
+		return
+	}
+	for st.tail != nil {
+		st.drop(st.tail)
 	}
 }
 
@@ -249,7 +270,7 @@ func (st *connState) deallocate(ctx context.Context, pgc *pgconn.PgConn) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("tenantpg: deallocate cached statements: %w", err)
+		return fmt.Errorf("failed to deallocate cached statement(s): %w", err) // pgx's words for its own
 	}
 	clear(st.stale)
 	st.stale = st.stale[:0]
@@ -310,13 +331,30 @@ func (namedStatements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryE
 func (namedStatements) TracePrepareStart(ctx context.Context, c *pgx.Conn, d pgx.TracePrepareStartData) context.Context {
 	// pgx names its statement cache's statements stmtcache_<digest>.
 	if d.Name != "" && !strings.HasPrefix(d.Name, "stmtcache_") {
-		st := stateOf(c)
-		if st.names == nil {
-			st.names = make(map[string]struct{})
-		}
-		st.names[d.Name] = struct{}{}
+		stateOf(c).preparing = d.Name
 	}
 	return ctx
 }
 
-func (namedStatements) TracePrepareEnd(context.Context, *pgx.Conn, pgx.TracePrepareEndData) {}
+func (namedStatements) TracePrepareEnd(_ context.Context, c *pgx.Conn, d pgx.TracePrepareEndData) {
+	st := stateOf(c)
+	name := st.preparing
+	if name == "" {
+		return
+	}
+	st.preparing = ""
+	if d.Err != nil {
+		return
+	}
+	if st.names == nil {
+		st.names = make(map[string]struct{})
+	}
+	st.names[name] = struct{}{}
+	if len(st.names) > maxNames {
+		st.fast = false // names made per use: let pgx run everything, and forget them
+		st.names = nil
+	}
+}
+
+// maxNames bounds connState.names.
+const maxNames = 1024

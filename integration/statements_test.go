@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -248,19 +249,92 @@ func TestStatementsDeallocatedByOthers(t *testing.T) {
 			t.Fatalf("exec after the statements were deallocated: %v", err)
 		}
 	}
-	mustRaw(t, conn, func(c *pgx.Conn) error { return c.DeallocateAll(ctx) })
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
+	// In a transaction: the first statement that finds its statement gone
+	// fails and aborts it; every other cached statement is prepared again
+	// (before, each failed in its own transaction).
+	others := []string{"select $1::int + 10", "select $1::int + 11", "select $1::int + 12"}
+	for _, q := range others {
+		if _, err := conn.ExecContext(ctx, q, 1); err != nil {
+			t.Fatal(err)
+		}
 	}
-	defer tx.Rollback() // a failure below must not leave conn.Close waiting for the transaction
+	mustRaw(t, conn, func(c *pgx.Conn) error { return c.DeallocateAll(ctx) })
+	inTx := func(q string) error {
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback() // a failure must not leave conn.Close waiting for the transaction
+		if _, err := tx.ExecContext(ctx, q, 1); err != nil {
+			return err
+		}
+		return tx.Commit()
+	}
 	var pe *pgconn.PgError
-	if err := three(tx); !errors.As(err, &pe) || pe.Code != "26000" {
+	if err := inTx(q); !errors.As(err, &pe) || pe.Code != "26000" {
 		t.Fatalf("in a transaction: %v, want 26000 (prepared statement does not exist)", err)
 	}
-	tx.Rollback()
+	for _, q := range others {
+		if err := inTx(q); err != nil {
+			t.Fatalf("%s in the next transaction: %v", q, err)
+		}
+	}
 	if err := three(conn); err != nil {
-		t.Fatalf("after the transaction: %v", err)
+		t.Fatalf("after the transactions: %v", err)
+	}
+}
+
+// TestStatementPreparedAgainForNewParameterTypes: a cached statement whose
+// arguments no longer encode (a migration changed a parameter's type) is
+// dropped, as pgx drops it, so the next exec prepares it for the new
+// types instead of failing until the connection ends.
+func TestStatementPreparedAgainForNewParameterTypes(t *testing.T) {
+	ctx, conn := tenantSession(t, "default_query_exec_mode=cache_statement")
+	for _, q := range []string{"create temp table p (a bool)", "insert into p values (true)"} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const q = "update p set a = $1"
+	if _, err := conn.ExecContext(ctx, q, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, "alter table p alter column a type int8[] using array[1]"); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for i := 0; i < 3; i++ {
+		if _, err = conn.ExecContext(ctx, q, []int64{1, 2}); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("three execs after the migration failed, the last with %v", err)
+	}
+}
+
+// TestManyNamedStatements: names given to pgx.Conn.Prepare are kept so that
+// queries by name go through pgx; past 1,024 of them (names made per use)
+// the connection leaves every query to pgx rather than keep more.
+func TestManyNamedStatements(t *testing.T) {
+	ctx, conn := tenantSession(t, "default_query_exec_mode=cache_statement")
+	mustRaw(t, conn, func(c *pgx.Conn) error {
+		for i := 0; i <= 1024; i++ {
+			if _, err := c.Prepare(ctx, fmt.Sprintf("n%d", i), "select 1"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	var n int
+	if err := conn.QueryRowContext(ctx, "n1024").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("query by the last name: %d, %v", n, err)
+	}
+	if err := conn.QueryRowContext(ctx, "select $1::int", 2).Scan(&n); err != nil || n != 2 {
+		t.Fatal(n, err)
+	}
+	if names := serverStatements(t, ctx, conn); len(names) != 0 {
+		t.Fatalf("tenantpg prepared %v on a connection past the names' bound", names)
 	}
 }
 
@@ -283,6 +357,10 @@ func TestStatementErrorsAsPgx(t *testing.T) {
 			_, err := conn.QueryContext(ctx, "select $1::int", 1, 2)
 			if mode == "cache_statement" && (err == nil || err.Error() != "expected 1 arguments, got 2") {
 				t.Errorf("too many arguments: %v, want pgx's message", err)
+			}
+			_, err = conn.ExecContext(ctx, "select $1::int", 1, 2)
+			if mode == "cache_statement" && (err == nil || err.Error() != "mismatched param and argument count") {
+				t.Errorf("too many arguments (exec): %v, want pgx's message", err)
 			}
 			if mode == "exec" && (!errors.As(err, &pe) || pe.Code != "08P01") {
 				t.Errorf("too many arguments: %v, want the server's protocol violation", err)
