@@ -335,8 +335,8 @@ func (h *Conn) Prepare(query string) (driver.Stmt, error) {
 // Describe of an unnamed statement, which transaction poolers pass) and
 // returns a statement that runs query on whichever connection a later
 // checkout of the handle has, as ExecContext and QueryContext do: in that
-// connection's default_query_exec_mode, so with cache_statement pgx keeps
-// it prepared per connection, and with exec or simple_protocol it works
+// connection's default_query_exec_mode, so with cache_statement it stays
+// prepared per connection (statements.go), and with exec or simple_protocol it works
 // through PgBouncer and Supavisor. It returns query's error from the
 // server, or the checkout's (ErrNoTenant, a *BudgetError, ...).
 func (h *Conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {

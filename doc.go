@@ -138,8 +138,20 @@
 // and Describe, and each execution runs the query on its checkout's
 // connection in the DSN's default_query_exec_mode, as a plain query would.
 // It therefore works through transaction poolers, and costs no Prepare or
-// Deallocate per checkout; with cache_statement pgx keeps it prepared per
+// Deallocate per checkout; with cache_statement it stays prepared per
 // connection.
+//
+// On connections without a tracer whose exec mode is cache_statement or
+// exec, tenantpg sends database/sql's queries (and execs with arguments)
+// through pgconn itself, with pgx's argument encoding and, under
+// cache_statement, a statement cache of its own with pgx's policy
+// (statement_cache_capacity, statements named tenantpg_<digest>). A query
+// whose text names a statement prepared with pgx.Conn.Prepare, one with pgx
+// query options among its arguments, and every query on a connection with
+// a tracer go through pgx. After code inside Raw deallocates every
+// statement (pgx.Conn.DeallocateAll, DISCARD ALL), the next cached
+// statement inside a transaction fails once with SQLSTATE 26000; outside a
+// transaction it is prepared again.
 //
 // Query results reach database/sql as pgx's stdlib gives them (the same Go
 // type per column type, the same column metadata, and on Go 1.27 the same

@@ -151,14 +151,14 @@ func (r *report) targetsSection() {
 		r.printf("| routing (%s): under 1 µs and at most 4 allocations per checkout over OpenDBFromPool | %+.0f ns, %+.0f allocs | %s |\n",
 			x.name, x.overNs, x.overAllocs, yes(x.overNs < 1000 && x.overAllocs <= 4))
 	}
-	r.printf("\n%s\n", missedExplanation)
+	r.printf("\n%s\n", costExplanation)
 }
 
-// missedExplanation says where tenantpg's time goes against database/sql's
-// own pool and what would close a remaining gap. It is written from the
-// profiles (go test ./integration -bench 'Checkout|ManyTenants'
-// -cpuprofile), not generated.
-const missedExplanation = `### Where tenantpg's time goes, and what would close a gap
+// costExplanation says where tenantpg's time goes against database/sql's
+// own pool and how close the one-tenant results are to the noise. It is
+// written from the probe's profiles and runs (cmd/tenantpg-probe), not
+// generated.
+const costExplanation = `### Where tenantpg's time goes
 
 database/sql keeps tenantpg's handles in its idle pool, and each checkout
 binds one to a connection of the caller's tenant (docs/architecture.md,
@@ -167,48 +167,37 @@ compare-and-swap when the tenant is the same, and a release that stores one
 word; no lock, no clock read. Alone, a checkout costs what
 ` + "`stdlib.OpenDB`" + `'s idle reuse costs (section 5). Between queries, with the
 server's backends on the same 2 cores, every cache line the checkout and
-release touch is a miss, and they cost about 2% of the client's CPU per
-query at 8 workers, against about 1% for ` + "`stdlib.OpenDB`" + `'s ` + "`ResetSession`" + `
-(CPU profiles of 20 s per contender).
+release touch is a miss: about 2% of the client's CPU per query at 8
+workers, against about 1% for ` + "`stdlib.OpenDB`" + `'s ` + "`ResetSession`" + `.
 
-Since session 7 tenantpg takes that back elsewhere: database/sql reads
-tenantpg's own ` + "`driver.Rows`" + `, which keep scan plans with the connection,
-where pgx's ` + "`stdlib.Rows`" + ` plans every column again for every query (4.6% of
-` + "`stdlib.OpenDB`" + `'s client CPU in the same profile), with the values, errors and
-column metadata of stdlib (docs/architecture.md, "Rows"); 4 allocations
-fewer per query.
+tenantpg takes more than that back below the driver interface:
 
-- One tenant, 8 workers: ` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`" + `
-  (20 interleaved rounds of 1 s per process) measured tenantpg/
-  ` + "`stdlib.OpenDB`" + ` 0.985-1.019, median 0.998, over 13 processes, and client CPU
-  per query at 1.000x; before the rows change 0.963-0.994, median 0.977,
-  client CPU 1.035x. One run of this program cannot resolve a point: its
-  two tenantpg contenders run the same code and differ by up to 3 points in
-  one run, so a table's 0.99x or 1.01x for one route is noise around
-  parity.
-- 100 tenants: nearly every checkout is for another tenant than its
-  handle's last, so it looks the tenant up (a ` + "`sync.Map`" + `, twice: the second
-  load makes the pool's generation one the mapping had) and claims from
-  that tenant's pool; the map of ` + "`*sql.DB`" + ` pays only a Go map lookup in the
-  caller. ` + "`go run ./cmd/tenantpg-probe -tenants 60`" + ` (two connections per tenant
-  for two contenders fill the server's 300) measured 0.970-0.984x the map
-  in 4 processes after the rows change (0.960-1.006 before; 0.957-0.991,
-  median 0.970, in session 6), client CPU per query 1.01-1.09x. In a 20-s
-  CPU profile per contender the lookup is about 1.5% of tenantpg's client
-  CPU and its checkout and release about 3.5% (` + "`stdlib.OpenDB`" + `'s
-  ` + "`ResetSession`" + ` about 1.8% of the map's); reading the row costs 1.3%
-  against stdlib's 2.9% (a text column: less to plan than the one-tenant
-  query's). The rest of the excess is spread over database/sql, pgx and the
-  runtime, which points at cache misses across 120 connections rather than
-  one function.
+- its own ` + "`driver.Rows`" + `, which keep scan plans with the connection, where
+  pgx's ` + "`stdlib.Rows`" + ` plan every column again for every query (4.6% of
+  ` + "`stdlib.OpenDB`" + `'s client CPU; docs/architecture.md, "Rows");
+- since session 10, queries sent on ` + "`pgconn`" + ` with pgx's argument encoder
+  and a statement cache of tenantpg's own, without the work
+  ` + "`pgx.Conn.Query`" + ` does for features database/sql cannot reach (about 5% of
+  the client's CPU; docs/architecture.md, "Statements").
 
-What would close the rest: one ` + "`sync.Map`" + ` load instead of two per lookup
-(the map's value holding the pool and its generation together, stored
-again for a pool's other tenants whenever its generation changes; it
-changes the unmap and retire protocol, so it needs its own race tests),
-and a machine with more cores, where the benchmark's server would not share
-the client's two. Session 5 built and measured two other designs for the
-checkout (a release that reads neither clock nor ` + "`Connector`" + `; handles that
-keep their connection while idle) and kept neither: neither moved the
-median beyond the noise (docs/architecture.md, "Handles").
+One tenant, 8 workers, ` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`" + `
+(20 interleaved rounds of 1 s per process, processes of the builds
+alternating): tenantpg/` + "`stdlib.OpenDB`" + ` 1.019-1.028 direct in ` + "`cache_statement`" + `
+(0.986-1.003 before the statements change) and 1.014-1.018 through
+PgBouncer in ` + "`exec`" + ` (` + "`-bouncer`" + `; 0.990 before), client CPU per query
+0.96-0.99x. One run of this program is noisier than that: its two
+tenantpg contenders run the same code and have differed by up to 3 points
+in one run, and a round's ratio ranges over several points (the targets
+table shows each one-tenant ratio's range over rounds).
+
+100 tenants: nearly every checkout is for another tenant than its handle's
+last, so it looks the tenant up (a ` + "`sync.Map`" + `, twice: the second load
+makes the pool's generation one the mapping had) and claims from that
+tenant's pool; the map of ` + "`*sql.DB`" + ` pays only a Go map lookup in the
+caller. In a 20-s CPU profile per contender (session 7) the lookup was
+about 1.5% of tenantpg's client CPU and its checkout and release about
+3.5% (` + "`stdlib.OpenDB`" + `'s ` + "`ResetSession`" + ` about 1.8% of the map's); the rows
+and statements changes pay for them. One ` + "`sync.Map`" + ` load instead of two
+per lookup would take a little more back; it changes the unmap and retire
+protocol and needs its own race tests.
 `
