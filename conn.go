@@ -86,6 +86,7 @@ func (h *Conn) Conn() *pgx.Conn {
 // map as it is then, as stdlib would (see scanCache).
 func (h *Conn) expose() *pgx.Conn {
 	h.pc.st.scan = nil
+	h.pc.st.unsure = h.pc.st.fast // see connState.unsure
 	return h.sc.Conn()
 }
 
@@ -371,6 +372,7 @@ func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
+	h.pc.st.beginning()
 	return sc.BeginTx(h.pgxCtx(ctx, nil), opts)
 }
 

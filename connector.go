@@ -306,6 +306,26 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 		}
 		return nil
 	}
+	// The user's acquire and release hooks run with the connection: what
+	// they do to its statements tenantpg cannot see (connState.unsure).
+	if f := pc.BeforeAcquire; f != nil {
+		pc.BeforeAcquire = func(ctx context.Context, conn *pgx.Conn) bool {
+			touched(conn)
+			return f(ctx, conn)
+		}
+	}
+	if f := pc.PrepareConn; f != nil {
+		pc.PrepareConn = func(ctx context.Context, conn *pgx.Conn) (bool, error) {
+			touched(conn)
+			return f(ctx, conn)
+		}
+	}
+	if f := pc.AfterRelease; f != nil {
+		pc.AfterRelease = func(conn *pgx.Conn) bool {
+			touched(conn)
+			return f(conn)
+		}
+	}
 	// Always: it sees pgx-native acquires (see nativeAcquire), and hands
 	// released connections to budget waiters when there is a budget.
 	pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b, e: e}

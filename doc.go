@@ -148,10 +148,11 @@
 // (statement_cache_capacity, statements named tenantpg_<digest>). A query
 // whose text names a statement prepared with pgx.Conn.Prepare, one with pgx
 // query options among its arguments, and every query on a connection with
-// a tracer go through pgx. After code inside Raw deallocates every
-// statement (pgx.Conn.DeallocateAll, DISCARD ALL), the next cached
-// statement inside a transaction fails once with SQLSTATE 26000; outside a
-// transaction it is prepared again.
+// a tracer go through pgx. Statements deallocated by other code
+// (pgx.Conn.DeallocateAll, DISCARD ALL inside Raw, pgx-native code or the
+// pool's acquire and release hooks) are prepared again; only code inside
+// Raw that deallocates them in the middle of a transaction makes that
+// transaction's next cached statement fail with SQLSTATE 26000.
 //
 // Query results reach database/sql as pgx's stdlib gives them (the same Go
 // type per column type, the same column metadata, and on Go 1.27 the same

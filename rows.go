@@ -253,7 +253,7 @@ type rows struct {
 
 	// Room for a query's arguments (with resultFormats first when pgx runs
 	// the query): pgx keeps them with its rows, so they live as long as
-	// these.
+	// these; send clears them once sent.
 	args   [4]any
 	inline [4]scanPlan
 }
@@ -397,7 +397,7 @@ func (r *rows) Columns() []string {
 	return names
 }
 
-// Close closes pgx's rows and returns the query's error, if any.
+// Close closes the result and returns the query's error, if any.
 func (r *rows) Close() error {
 	r.rows.Close()
 	return r.rows.Err()

@@ -63,6 +63,15 @@ type connState struct {
 	stmts      map[string]*cachedStmt // by SQL text
 	head, tail *cachedStmt            // most and least recently used
 	stale      []string               // statements to deallocate before the next execution
+
+	// unsure: code other than tenantpg's database/sql path may have used
+	// the connection since (inside Raw, pgx-native code, the user's
+	// acquire and release hooks) and deallocated every statement
+	// (pgx.Conn.DeallocateAll, DISCARD ALL), which tenantpg cannot see. A
+	// statement missing outside a transaction is prepared and sent again
+	// (rows.send, exec); a transaction begun while unsure starts with an
+	// empty cache (Conn.BeginTx), so that none of its statements fails.
+	unsure bool
 }
 
 // cachedStmt is a statement tenantpg prepared on a connection.
@@ -142,7 +151,11 @@ func (st *connState) send(ctx context.Context, pgc *pgconn.PgConn, m *pgtype.Map
 		st.drop(cs)
 		return nil, nil, err
 	}
-	rr := pgc.ExecStatement(ctx, cs.sd, st.eqb.ParamValues, st.eqb.ParamFormats, cs.formats)
+	formats := cs.formats
+	if !forQuery {
+		formats = st.eqb.ResultFormats // what pgx's Exec sends, for rows it discards
+	}
+	rr := pgc.ExecStatement(ctx, cs.sd, st.eqb.ParamValues, st.eqb.ParamFormats, formats)
 	st.sent()
 	return rr, cs, nil
 }
@@ -241,9 +254,8 @@ func (st *connState) failed(cs *cachedStmt, err error) {
 		st.drop(cs)
 		return
 	}
-	for st.tail != nil {
-		st.drop(st.tail)
-	}
+	st.unsure = false
+	st.dropAll()
 }
 
 // drop removes cs from the cache; it is deallocated before the next
@@ -275,6 +287,31 @@ func (st *connState) deallocate(ctx context.Context, pgc *pgconn.PgConn) error {
 	clear(st.stale)
 	st.stale = st.stale[:0]
 	return nil
+}
+
+// touched marks conn's cache unsure: code outside tenantpg's database/sql
+// path holds the connection.
+func touched(conn *pgx.Conn) {
+	if st := stateOf(conn); st.fast {
+		st.unsure = true
+	}
+}
+
+// beginning is called before a transaction begins on the connection: when
+// the cache is unsure, every cached statement is dropped (to be
+// deallocated and prepared again on its next use).
+func (st *connState) beginning() {
+	if st.unsure {
+		st.unsure = false
+		st.dropAll()
+	}
+}
+
+// dropAll drops every cached statement.
+func (st *connState) dropAll() {
+	for st.tail != nil {
+		st.drop(st.tail)
+	}
 }
 
 // missing reports whether err says that cs is not prepared on the server:

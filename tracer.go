@@ -145,6 +145,9 @@ func (t *releaseTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, 
 func (t *releaseTracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
 	if ctx.Value(ownAcquireKey{}) == nil {
 		t.e.nativeAcquire(-1)
+		if d.Err == nil && d.Conn != nil {
+			touched(d.Conn)
+		}
 	}
 	if i, ok := t.inner.(pgxpool.AcquireTracer); ok {
 		i.TraceAcquireEnd(ctx, p, d)

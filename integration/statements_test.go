@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -195,8 +196,8 @@ func TestStatementCacheCapacity(t *testing.T) {
 	}
 	query(qs[2]) // most recent now; qs[3] next
 	query(qs[1]) // evicts qs[3]: deallocated before the next execution
-	if n := serverStatements(t, ctx, conn); len(n) > 3 {
-		t.Fatalf("%d statements on the server after 4 queries under capacity 2: %v", len(n), n)
+	if n := serverStatements(t, ctx, conn); len(n) != 3 {
+		t.Fatalf("%d statements on the server after 4 queries under capacity 2, want 3 (one evicted, one pending deallocation): %v", len(n), n)
 	}
 	if _, err := conn.ExecContext(ctx, "select $1::int + 2", 1); err != nil { // cached: deallocates only
 		t.Fatal(err)
@@ -211,10 +212,11 @@ func TestStatementCacheCapacity(t *testing.T) {
 
 // TestStatementsDeallocatedByOthers: code inside Raw that deallocates every
 // statement (pgx.Conn.DeallocateAll, DISCARD ALL) leaves tenantpg's cache
-// pointing at nothing. Outside a transaction the next query or exec is
-// prepared and sent again (pgx's own cache, which DeallocateAll empties,
-// would not fail there); inside one it fails once, as pgx's cache does
-// after DISCARD ALL, and works after the transaction.
+// pointing at nothing. Outside a transaction the next query or exec finds
+// its statement missing, and it is prepared and sent again; a transaction
+// begun after Raw starts with an empty cache, so none of its statements
+// fails (pgx's own cache, which DeallocateAll empties, would not fail
+// there either).
 func TestStatementsDeallocatedByOthers(t *testing.T) {
 	ctx, conn := tenantSession(t, "default_query_exec_mode=cache_statement")
 	const q = "select $1::int * 3"
@@ -236,10 +238,11 @@ func TestStatementsDeallocatedByOthers(t *testing.T) {
 	if _, err := conn.ExecContext(ctx, q, 1); err != nil {
 		t.Fatal(err)
 	}
-	for _, drop := range []func(*pgx.Conn) error{
+	drops := []func(*pgx.Conn) error{
 		func(c *pgx.Conn) error { return c.DeallocateAll(ctx) },
 		func(c *pgx.Conn) error { _, err := c.Exec(ctx, "discard all"); return err },
-	} {
+	}
+	for _, drop := range drops {
 		mustRaw(t, conn, drop)
 		if err := three(conn); err != nil {
 			t.Fatalf("query after the statements were deallocated: %v", err)
@@ -249,38 +252,115 @@ func TestStatementsDeallocatedByOthers(t *testing.T) {
 			t.Fatalf("exec after the statements were deallocated: %v", err)
 		}
 	}
-	// In a transaction: the first statement that finds its statement gone
-	// fails and aborts it; every other cached statement is prepared again
-	// (before, each failed in its own transaction).
-	others := []string{"select $1::int + 10", "select $1::int + 11", "select $1::int + 12"}
+	others := []string{q, "select $1::int + 10", "select $1::int + 11"}
 	for _, q := range others {
 		if _, err := conn.ExecContext(ctx, q, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	mustRaw(t, conn, func(c *pgx.Conn) error { return c.DeallocateAll(ctx) })
-	inTx := func(q string) error {
-		tx, err := conn.BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
+	for _, drop := range drops {
+		mustRaw(t, conn, drop)
+		if err := inTx(ctx, conn, others...); err != nil {
+			t.Fatalf("a transaction after the statements were deallocated: %v", err)
 		}
-		defer tx.Rollback() // a failure must not leave conn.Close waiting for the transaction
+	}
+}
+
+// inTx runs each of qs with the argument 1 in one transaction on conn.
+func inTx(ctx context.Context, conn *sql.Conn, qs ...string) error {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() // a failure must not leave conn.Close waiting for the transaction
+	for _, q := range qs {
 		if _, err := tx.ExecContext(ctx, q, 1); err != nil {
 			return err
 		}
-		return tx.Commit()
 	}
-	var pe *pgconn.PgError
-	if err := inTx(q); !errors.As(err, &pe) || pe.Code != "26000" {
-		t.Fatalf("in a transaction: %v, want 26000 (prepared statement does not exist)", err)
+	return tx.Commit()
+}
+
+// txOnCheckout runs inTx on a checkout of db.
+func txOnCheckout(ctx context.Context, db *sql.DB, qs ...string) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
 	}
-	for _, q := range others {
-		if err := inTx(q); err != nil {
-			t.Fatalf("%s in the next transaction: %v", q, err)
+	defer conn.Close()
+	return inTx(ctx, conn, qs...)
+}
+
+// TestStatementsDeallocatedByHooks: the user's pool hooks run on
+// connections tenantpg then uses for database/sql; one that discards all
+// session state (here PrepareConn, on every acquisition from pgxpool) must
+// not make the next transaction fail on a statement tenantpg cached
+// before.
+func TestStatementsDeallocatedByHooks(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	cfg, err := tenantpg.ParseConfig(withParams(env.DirectURL(env.AppUser, env.AppDatabase),
+		"tenant_user={user}.{tenant}", "default_query_exec_mode=cache_statement", "pool_max_conns=1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var discards atomic.Int64
+	cfg.Resolve = func(_ context.Context, _ string, pc *pgxpool.Config) error {
+		pc.PrepareConn = func(ctx context.Context, c *pgx.Conn) (bool, error) {
+			discards.Add(1)
+			_, err := c.Exec(ctx, "discard all")
+			return err == nil, err
+		}
+		return nil
+	}
+	db, err := tenantpg.OpenDB(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	const q = "select $1::int + 20"
+	for i := 0; i < 3; i++ {
+		if err := txOnCheckout(ctx, db, q, q); err != nil {
+			t.Fatalf("transaction %d: %v", i, err)
+		}
+		// Give the tenant's connection back to pgxpool, so that the next
+		// checkout acquires it again and the hook runs.
+		if _, err := tenantpg.Pool(ctx, db); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if err := three(conn); err != nil {
-		t.Fatalf("after the transactions: %v", err)
+	if n := discards.Load(); n < 3 {
+		t.Fatalf("the hook ran %d times, want one per transaction", n)
+	}
+}
+
+// TestStatementsDeallocatedNatively: pgx-native code on the tenant's Pool
+// that deallocates every statement of a connection database/sql then uses
+// must not make the next transaction fail.
+func TestStatementsDeallocatedNatively(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	db := directUserDB(t, env, "default_query_exec_mode=cache_statement", "pool_max_conns=1")
+	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	const q = "select $1::int + 30"
+	for i := 0; i < 2; i++ {
+		if err := txOnCheckout(ctx, db, q, q); err != nil {
+			t.Fatalf("transaction %d: %v", i, err)
+		}
+		pool, err := tenantpg.Pool(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc, err := pool.Acquire(ctx) // the tenant's only connection
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = pc.Conn().DeallocateAll(ctx)
+		pc.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -302,14 +382,11 @@ func TestStatementPreparedAgainForNewParameterTypes(t *testing.T) {
 	if _, err := conn.ExecContext(ctx, "alter table p alter column a type int8[] using array[1]"); err != nil {
 		t.Fatal(err)
 	}
-	var err error
-	for i := 0; i < 3; i++ {
-		if _, err = conn.ExecContext(ctx, q, []int64{1, 2}); err == nil {
-			break
-		}
+	if _, err := conn.ExecContext(ctx, q, []int64{1, 2}); err == nil || !strings.Contains(err.Error(), "failed to encode args[0]") {
+		t.Fatalf("the first exec after the migration: %v, want the cached statement's encoding error", err)
 	}
-	if err != nil {
-		t.Fatalf("three execs after the migration failed, the last with %v", err)
+	if _, err := conn.ExecContext(ctx, q, []int64{1, 2}); err != nil {
+		t.Fatalf("the second: %v, want it prepared again for the new type", err)
 	}
 }
 
@@ -371,6 +448,9 @@ func TestStatementErrorsAsPgx(t *testing.T) {
 			var n int
 			if err := conn.QueryRowContext(ctx, "select $1::int", 5).Scan(&n); err != nil || n != 5 {
 				t.Fatalf("the session after the errors: %d, %v", n, err)
+			}
+			if names := serverStatements(t, ctx, conn); mode == "cache_statement" && len(names) != 1 {
+				t.Fatalf("tenantpg's statements: %v, want the last query's (did tenantpg send them?)", names)
 			}
 		})
 	}

@@ -185,7 +185,7 @@ One tenant, 8 workers, ` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`"
 alternating): tenantpg/` + "`stdlib.OpenDB`" + ` 1.019-1.028 direct in ` + "`cache_statement`" + `
 (0.986-1.003 before the statements change) and 1.014-1.018 through
 PgBouncer in ` + "`exec`" + ` (` + "`-bouncer`" + `; 0.990 before), client CPU per query
-0.96-0.99x. One run of this program is noisier than that: its two
+0.96x direct and 0.97-0.99x through PgBouncer. One run of this program is noisier than that: its two
 tenantpg contenders run the same code and have differed by up to 3 points
 in one run, and a round's ratio ranges over several points (the targets
 table shows each one-tenant ratio's range over rounds).
