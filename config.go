@@ -48,7 +48,10 @@ type Config struct {
 	// session between requests; tenants never share one anyway. PrepareConn
 	// also runs on a pool's idle connections when the budget evicts one of
 	// them (pgxpool's AcquireAllIdle), and BeforeClose on every connection
-	// closed, evicted ones included.
+	// closed, evicted ones included. After BeforeAcquire, PrepareConn,
+	// AfterRelease or ShouldPing had a connection, the next transaction on
+	// it prepares its statements again (they may have deallocated them:
+	// docs/architecture.md, "Statements").
 	Pool *pgxpool.Config
 
 	// User is the login user template (DSN tenant_user), e.g. "{user}.{tenant}"

@@ -372,7 +372,6 @@ func (h *Conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
-	h.pc.st.beginning()
 	return sc.BeginTx(h.pgxCtx(ctx, nil), opts)
 }
 

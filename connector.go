@@ -326,6 +326,12 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 			return f(conn)
 		}
 	}
+	if f := pc.ShouldPing; f != nil {
+		pc.ShouldPing = func(ctx context.Context, p pgxpool.ShouldPingParams) bool {
+			touched(p.Conn)
+			return f(ctx, p)
+		}
+	}
 	// Always: it sees pgx-native acquires (see nativeAcquire), and hands
 	// released connections to budget waiters when there is a budget.
 	pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b, e: e}

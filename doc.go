@@ -149,10 +149,9 @@
 // whose text names a statement prepared with pgx.Conn.Prepare, one with pgx
 // query options among its arguments, and every query on a connection with
 // a tracer go through pgx. Statements deallocated by other code
-// (pgx.Conn.DeallocateAll, DISCARD ALL inside Raw, pgx-native code or the
-// pool's acquire and release hooks) are prepared again; only code inside
-// Raw that deallocates them in the middle of a transaction makes that
-// transaction's next cached statement fail with SQLSTATE 26000.
+// (pgx.Conn.DeallocateAll or DISCARD ALL inside Raw, in pgx-native code, in
+// the pool's acquire and release hooks, or sent through database/sql) are
+// prepared again, also inside transactions.
 //
 // Query results reach database/sql as pgx's stdlib gives them (the same Go
 // type per column type, the same column metadata, and on Go 1.27 the same

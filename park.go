@@ -320,6 +320,7 @@ func (e *poolEntry) giveBack(pc *pconn) {
 	e.slots[pc.slot].Store(nil)
 	e.gone += pc.uses.Load()
 	e.parkMu.Unlock()
+	pc.st.ownRelease = true
 	_ = pc.sc.Close()
 	e.parkMu.Lock()
 	e.held--

@@ -466,6 +466,7 @@ func (s *poolSet) evictOne(self *poolEntry, starving bool) bool {
 		// goroutine), so that the slot is free when evictOne returns.
 		victim := idle[0].Hijack()
 		for _, c := range idle[1:] {
+			stateOf(c.Conn()).ownRelease = true
 			c.Release()
 		}
 		if e.beforeClose != nil {

@@ -370,6 +370,9 @@ func (r *rows) send(ctx context.Context, conn *pgx.Conn, st *connState, query st
 	defer clear(r.args[:]) // sent: the rows need not keep them alive
 	for retry := true; ; retry = false {
 		idle := pgc.TxStatus() == 'I'
+		if !idle {
+			st.beginning()
+		}
 		rr, cs, err := st.send(ctx, pgc, r.m, query, args, true)
 		if err != nil {
 			return nil, retryable(conn, err)

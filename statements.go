@@ -65,13 +65,17 @@ type connState struct {
 	stale      []string               // statements to deallocate before the next execution
 
 	// unsure: code other than tenantpg's database/sql path may have used
-	// the connection since (inside Raw, pgx-native code, the user's
-	// acquire and release hooks) and deallocated every statement
-	// (pgx.Conn.DeallocateAll, DISCARD ALL), which tenantpg cannot see. A
-	// statement missing outside a transaction is prepared and sent again
-	// (rows.send, exec); a transaction begun while unsure starts with an
-	// empty cache (Conn.BeginTx), so that none of its statements fails.
+	// the connection since (inside Raw, pgx-native code, the user's pool
+	// hooks, SQL that mentions DISCARD or DEALLOCATE) and deallocated
+	// every statement (pgx.Conn.DeallocateAll, DISCARD ALL), which
+	// tenantpg cannot see. Outside a transaction a statement found missing
+	// is prepared and sent again (rows.send, exec); inside one that would
+	// abort it, so the first statement sent in a transaction while unsure
+	// empties the cache first (beginning).
 	unsure bool
+	// ownRelease: tenantpg is giving the connection back to pgxpool
+	// (releaseTracer.TraceRelease marks every other release unsure).
+	ownRelease bool
 }
 
 // cachedStmt is a statement tenantpg prepared on a connection.
@@ -168,6 +172,9 @@ func (st *connState) exec(ctx context.Context, conn *pgx.Conn, query string, arg
 	pgc := conn.PgConn()
 	for retry := true; ; retry = false {
 		idle := pgc.TxStatus() == 'I'
+		if !idle {
+			st.beginning()
+		}
 		rr, cs, err := st.send(ctx, pgc, conn.TypeMap(), query, args, false)
 		if err != nil {
 			return pgconn.CommandTag{}, err
@@ -297,8 +304,8 @@ func touched(conn *pgx.Conn) {
 	}
 }
 
-// beginning is called before a transaction begins on the connection: when
-// the cache is unsure, every cached statement is dropped (to be
+// beginning is called before a statement is sent inside a transaction:
+// when the cache is unsure, every cached statement is dropped (to be
 // deallocated and prepared again on its next use).
 func (st *connState) beginning() {
 	if st.unsure {
@@ -359,8 +366,29 @@ var (
 	_ pgx.PrepareTracer = namedStatements{}
 )
 
-func (namedStatements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+// TraceQueryStart sees the queries pgx runs (not tenantpg's own): one that
+// may deallocate statements makes the cache unsure.
+func (namedStatements) TraceQueryStart(ctx context.Context, c *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if deallocates(d.SQL) {
+		touched(c)
+	}
 	return ctx
+}
+
+// deallocates reports whether sql mentions DISCARD or DEALLOCATE, in any
+// case.
+func deallocates(sql string) bool {
+	for i := 0; i < len(sql); i++ {
+		if sql[i]|0x20 != 'd' {
+			continue
+		}
+		for _, w := range [...]string{"discard", "deallocate"} {
+			if len(sql)-i >= len(w) && strings.EqualFold(sql[i:i+len(w)], w) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (namedStatements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}

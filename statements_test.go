@@ -122,3 +122,20 @@ func TestRunsOnlyWhatPgxWouldRunTheSameWay(t *testing.T) {
 		t.Error("runs on a connection with a tracer or another exec mode")
 	}
 }
+
+func TestDeallocates(t *testing.T) {
+	for sql, want := range map[string]bool{
+		"DISCARD ALL":                   true,
+		"select 1; Deallocate all":      true,
+		"deallocate prepare x":          true,
+		"select 1":                      false,
+		"select 'd'":                    false,
+		"discar":                        false,
+		"update t set d = 1 where dd=2": false,
+		"":                              false,
+	} {
+		if got := deallocates(sql); got != want {
+			t.Errorf("deallocates(%q) = %v, want %v", sql, got, want)
+		}
+	}
+}

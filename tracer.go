@@ -49,6 +49,14 @@ func (t *releaseTracer) TraceRelease(pool *pgxpool.Pool, data pgxpool.TraceRelea
 	if r, ok := t.inner.(pgxpool.ReleaseTracer); ok {
 		r.TraceRelease(pool, data)
 	}
+	// A release that is not tenantpg's ends pgx-native use of the
+	// connection (Acquire, AcquireAllIdle, ...): its statements may be
+	// gone (connState.unsure).
+	if st := stateOf(data.Conn); st.ownRelease {
+		st.ownRelease = false
+	} else {
+		st.unsure = st.fast
+	}
 	if t.b.max > 0 && !data.Conn.IsClosed() && t.b.shouldYield(t.e) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = data.Conn.Close(ctx)
@@ -145,9 +153,6 @@ func (t *releaseTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, 
 func (t *releaseTracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
 	if ctx.Value(ownAcquireKey{}) == nil {
 		t.e.nativeAcquire(-1)
-		if d.Err == nil && d.Conn != nil {
-			touched(d.Conn)
-		}
 	}
 	if i, ok := t.inner.(pgxpool.AcquireTracer); ok {
 		i.TraceAcquireEnd(ctx, p, d)

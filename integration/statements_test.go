@@ -213,10 +213,11 @@ func TestStatementCacheCapacity(t *testing.T) {
 // TestStatementsDeallocatedByOthers: code inside Raw that deallocates every
 // statement (pgx.Conn.DeallocateAll, DISCARD ALL) leaves tenantpg's cache
 // pointing at nothing. Outside a transaction the next query or exec finds
-// its statement missing, and it is prepared and sent again; a transaction
-// begun after Raw starts with an empty cache, so none of its statements
-// fails (pgx's own cache, which DeallocateAll empties, would not fail
-// there either).
+// its statement missing, and it is prepared and sent again; in a
+// transaction, begun after Raw or with Raw inside it, the first statement
+// after Raw empties the cache first, so none fails (pgx's own cache, which
+// DeallocateAll empties, would not fail there either). So does the same
+// SQL sent through database/sql.
 func TestStatementsDeallocatedByOthers(t *testing.T) {
 	ctx, conn := tenantSession(t, "default_query_exec_mode=cache_statement")
 	const q = "select $1::int * 3"
@@ -262,6 +263,35 @@ func TestStatementsDeallocatedByOthers(t *testing.T) {
 		mustRaw(t, conn, drop)
 		if err := inTx(ctx, conn, others...); err != nil {
 			t.Fatalf("a transaction after the statements were deallocated: %v", err)
+		}
+	}
+	// DEALLOCATE ALL inside a transaction (DISCARD ALL cannot run in one).
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	for _, q := range others {
+		if _, err := tx.ExecContext(ctx, q, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustRaw(t, conn, func(c *pgx.Conn) error { _, err := c.Exec(ctx, "deallocate all"); return err })
+	for _, q := range others {
+		if _, err := tx.ExecContext(ctx, q, 1); err != nil {
+			t.Fatalf("%s after DEALLOCATE ALL inside the transaction: %v", q, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// The same through database/sql, where tenantpg sees only the SQL.
+	for _, sql := range []string{"DISCARD ALL", "select 1; deallocate all"} {
+		if _, err := conn.ExecContext(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+		if err := inTx(ctx, conn, others...); err != nil {
+			t.Fatalf("a transaction after %q: %v", sql, err)
 		}
 	}
 }
@@ -344,15 +374,25 @@ func TestStatementsDeallocatedNatively(t *testing.T) {
 	db := directUserDB(t, env, "default_query_exec_mode=cache_statement", "pool_max_conns=1")
 	ctx := tenantpg.WithTenant(testCtx(t), "t01")
 	const q = "select $1::int + 30"
-	for i := 0; i < 2; i++ {
+	for i := 0; i < 3; i++ {
 		if err := txOnCheckout(ctx, db, q, q); err != nil {
 			t.Fatalf("transaction %d: %v", i, err)
+		}
+		if i == 2 {
+			break
 		}
 		pool, err := tenantpg.Pool(ctx, db)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pc, err := pool.Acquire(ctx) // the tenant's only connection
+		var pc *pgxpool.Conn
+		if i == 0 {
+			pc, err = pool.Acquire(ctx) // the tenant's only connection
+		} else if idle := pool.AcquireAllIdle(ctx); len(idle) == 1 {
+			pc = idle[0] // no acquire tracer sees this one
+		} else {
+			err = fmt.Errorf("%d idle connections, want the tenant's only one", len(idle))
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -361,6 +401,41 @@ func TestStatementsDeallocatedNatively(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestOwnReleasesKeepTheCache: tenantpg giving a connection back to pgxpool
+// (here through Pool, which gives parked connections back) is not code
+// outside tenantpg: the next transaction on it reuses the cached
+// statement instead of preparing it again.
+func TestOwnReleasesKeepTheCache(t *testing.T) {
+	env := pgtest.Shared(t)
+	tenants(t, env, 1)
+	db := directUserDB(t, env, "default_query_exec_mode=cache_statement", "pool_max_conns=1")
+	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	const q = "select $1::int + 40"
+	prepared := func() string {
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if err := inTx(ctx, conn, q); err != nil {
+			t.Fatal(err)
+		}
+		// Through database/sql: Raw would make the cache unsure.
+		at, err := queryString(ctx, conn, "select prepare_time::text from pg_prepared_statements where name = $1", statementName(q))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	first := prepared()
+	if _, err := tenantpg.Pool(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if again := prepared(); again != first {
+		t.Fatalf("the statement was prepared again (%s, then %s) after tenantpg's own give-back", first, again)
 	}
 }
 
