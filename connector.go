@@ -281,9 +281,10 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 		if rt, ok := cc.Tracer.(*releaseTracer); ok {
 			cc.Tracer = rt.inner
 		}
-		// Without one, a connection gets namedStatements, which lets
-		// tenantpg run database/sql's queries on pgconn (statements.go).
-		if cc.Tracer == nil {
+		// Without one, a connection in a mode tenantpg can send queries
+		// in itself gets namedStatements, which lets it (statements.go).
+		if cc.Tracer == nil && (cc.DefaultQueryExecMode == pgx.QueryExecModeExec ||
+			cc.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement && cc.StatementCacheCapacity > 0) {
 			cc.Tracer = namedStatements{}
 		}
 		st, _ := ctx.Value(callStateKey{}).(*callState)

@@ -83,6 +83,7 @@ type cachedStmt struct {
 	sd         *pgconn.StatementDescription
 	formats    []int16 // result formats: pgx stdlib's by type OID
 	prev, next *cachedStmt
+	resets     bool // the statement may deallocate statements (DISCARD, DEALLOCATE): see unsure
 }
 
 // stateOf returns conn's connState, made on first use.
@@ -161,6 +162,9 @@ func (st *connState) send(ctx context.Context, pgc *pgconn.PgConn, m *pgtype.Map
 	}
 	rr := pgc.ExecStatement(ctx, cs.sd, st.eqb.ParamValues, st.eqb.ParamFormats, formats)
 	st.sent()
+	if cs.resets {
+		st.unsure = true
+	}
 	return rr, cs, nil
 }
 
@@ -217,7 +221,7 @@ func (st *connState) statement(ctx context.Context, pgc *pgconn.PgConn, query st
 		}
 		return nil, err
 	}
-	cs := &cachedStmt{sd: sd, formats: make([]int16, len(sd.Fields))}
+	cs := &cachedStmt{sd: sd, formats: make([]int16, len(sd.Fields)), resets: deallocates(query)}
 	for i, f := range sd.Fields {
 		cs.formats[i] = resultFormats[f.DataTypeOID]
 	}
@@ -375,20 +379,26 @@ func (namedStatements) TraceQueryStart(ctx context.Context, c *pgx.Conn, d pgx.T
 	return ctx
 }
 
-// deallocates reports whether sql mentions DISCARD or DEALLOCATE, in any
-// case.
+// deallocates reports whether sql has the word DISCARD or DEALLOCATE, in
+// any case (not as part of a name such as discarded_at).
 func deallocates(sql string) bool {
 	for i := 0; i < len(sql); i++ {
-		if sql[i]|0x20 != 'd' {
+		if sql[i]|0x20 != 'd' || i > 0 && wordByte(sql[i-1]) {
 			continue
 		}
 		for _, w := range [...]string{"discard", "deallocate"} {
-			if len(sql)-i >= len(w) && strings.EqualFold(sql[i:i+len(w)], w) {
+			end := i + len(w)
+			if end <= len(sql) && strings.EqualFold(sql[i:end], w) && (end == len(sql) || !wordByte(sql[end])) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// wordByte reports whether b can be part of an SQL identifier.
+func wordByte(b byte) bool {
+	return b == '_' || b == '$' || b >= 0x80 || '0' <= b && b <= '9' || 'a' <= b|0x20 && b|0x20 <= 'z'
 }
 
 func (namedStatements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}

@@ -133,6 +133,11 @@ func TestDeallocates(t *testing.T) {
 		"discar":                        false,
 		"update t set d = 1 where dd=2": false,
 		"":                              false,
+		"select discarded_at from t":    false,
+		"update t set is_discarded = 1": false,
+		"select deallocate$1":           false,
+		"select 1;discard all":          true,
+		"(DEALLOCATE)":                  true,
 	} {
 		if got := deallocates(sql); got != want {
 			t.Errorf("deallocates(%q) = %v, want %v", sql, got, want)

@@ -285,13 +285,25 @@ func TestStatementsDeallocatedByOthers(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	// The same through database/sql, where tenantpg sees only the SQL.
+	// The same through database/sql, where tenantpg sees only the SQL: an
+	// exec without arguments (which pgx sends), and a query (which
+	// tenantpg sends itself).
 	for _, sql := range []string{"DISCARD ALL", "select 1; deallocate all"} {
 		if _, err := conn.ExecContext(ctx, sql); err != nil {
 			t.Fatal(err)
 		}
 		if err := inTx(ctx, conn, others...); err != nil {
 			t.Fatalf("a transaction after %q: %v", sql, err)
+		}
+	}
+	for i := 0; i < 2; i++ { // the second time from the cache
+		rows, err := conn.QueryContext(ctx, "DISCARD ALL")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		if err := inTx(ctx, conn, others...); err != nil {
+			t.Fatalf("a transaction after the query DISCARD ALL: %v", err)
 		}
 	}
 }

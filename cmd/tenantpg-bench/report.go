@@ -183,12 +183,20 @@ tenantpg takes more than that back below the driver interface:
 One tenant, 8 workers, ` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`" + `
 (20 interleaved rounds of 1 s per process, processes of the builds
 alternating): tenantpg/` + "`stdlib.OpenDB`" + ` 1.019-1.028 direct in ` + "`cache_statement`" + `
-(0.986-1.003 before the statements change) and 1.014-1.018 through
-PgBouncer in ` + "`exec`" + ` (` + "`-bouncer`" + `; 0.990 before), client CPU per query
-0.96x direct and 0.97-0.99x through PgBouncer. One run of this program is noisier than that: its two
-tenantpg contenders run the same code and have differed by up to 3 points
-in one run, and a round's ratio ranges over several points (the targets
-table shows each one-tenant ratio's range over rounds).
+(0.986-1.003 before the statements change) and 1.000-1.018 (3
+processes) through PgBouncer in ` + "`exec`" + ` (` + "`-bouncer`" + `; 0.990 before), client
+CPU per query 0.96x direct and 0.97-0.99x through PgBouncer. One run of
+this program is noisier than that: its two tenantpg contenders run the
+same code and have differed by up to 3 points in one run, and a round's ratio ranges over several points (the targets
+table shows each one-tenant ratio's range over rounds). Through PgBouncer
+the client's share of the two cores is smaller (PgBouncer and PostgreSQL
+take the rest), so the same saving is worth about 1% of throughput, within
+one run's noise: of the four runs of this program in session 10 after the
+statements change, the PgBouncer 8-worker ratio was 1.015, 1.014, 0.996
+and this table's; the direct one 1.026, 1.020, 1.012 and this table's.
+What would make the margin clear of the noise: less client work per query
+than database/sql itself allows, or a machine where the client does not
+share its cores with PgBouncer and PostgreSQL.
 
 100 tenants: nearly every checkout is for another tenant than its handle's
 last, so it looks the tenant up (a ` + "`sync.Map`" + `, twice: the second load
