@@ -193,7 +193,8 @@ the client's share of the two cores is smaller (PgBouncer and PostgreSQL
 take the rest), so the same saving is worth about 1% of throughput, within
 one run's noise: of the four runs of this program in session 10 after the
 statements change, the PgBouncer 8-worker ratio was 1.015, 1.014, 0.996
-and this table's; the direct one 1.026, 1.020, 1.012 and this table's.
+and this table's (1 worker: 1.011, 1.004, 1.012 and this table's); the
+direct 8-worker one 1.026, 1.020, 1.012 and this table's.
 What would make the margin clear of the noise: less client work per query
 than database/sql itself allows, or a machine where the client does not
 share its cores with PgBouncer and PostgreSQL.
@@ -204,8 +205,13 @@ makes the pool's generation one the mapping had) and claims from that
 tenant's pool; the map of ` + "`*sql.DB`" + ` pays only a Go map lookup in the
 caller. In a 20-s CPU profile per contender (session 7) the lookup was
 about 1.5% of tenantpg's client CPU and its checkout and release about
-3.5% (` + "`stdlib.OpenDB`" + `'s ` + "`ResetSession`" + ` about 1.8% of the map's); the rows
-and statements changes pay for them. One ` + "`sync.Map`" + ` load instead of two
-per lookup would take a little more back; it changes the unmap and retire
-protocol and needs its own race tests.
+3.5% (` + "`stdlib.OpenDB`" + `'s ` + "`ResetSession`" + ` about 1.8% of the map's).
+` + "`go run ./cmd/tenantpg-probe -tenants 60`" + ` measures 0.986-0.989x the map
+after the statements change against 0.976x before (2 processes each,
+alternating), client CPU per query 1.04x: still about 1% short, which one
+run of this program cannot resolve (its 100-tenant ratio in session 10's
+four runs after the change: 1.022, 1.004, 1.082 and this table's). What
+would close it: one ` + "`sync.Map`" + ` load instead of two per lookup (the
+map's value holding the pool and its generation together); it changes the
+unmap and retire protocol and needs its own race tests.
 `
