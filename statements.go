@@ -66,7 +66,7 @@ type connState struct {
 
 	// unsure: code other than tenantpg's database/sql path may have used
 	// the connection since (inside Raw, pgx-native code, the user's pool
-	// hooks, SQL that mentions DISCARD or DEALLOCATE) and deallocated
+	// hooks, SQL with the word DISCARD or DEALLOCATE) and deallocated
 	// every statement (pgx.Conn.DeallocateAll, DISCARD ALL), which
 	// tenantpg cannot see. Outside a transaction a statement found missing
 	// is prepared and sent again (rows.send, exec); inside one that would
