@@ -86,7 +86,7 @@ func (h *Conn) Conn() *pgx.Conn {
 // map as it is then, as stdlib would (see scanCache).
 func (h *Conn) expose() *pgx.Conn {
 	h.pc.st.scan = nil
-	h.pc.st.unsure = h.pc.st.fast // see connState.unsure
+	h.pc.st.markUnsure()
 	return h.sc.Conn()
 }
 

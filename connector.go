@@ -281,10 +281,9 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 		if rt, ok := cc.Tracer.(*releaseTracer); ok {
 			cc.Tracer = rt.inner
 		}
-		// Without one, a connection in a mode tenantpg can send queries
-		// in itself gets namedStatements, which lets it (statements.go).
-		if cc.Tracer == nil && (cc.DefaultQueryExecMode == pgx.QueryExecModeExec ||
-			cc.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement && cc.StatementCacheCapacity > 0) {
+		// A connection tenantpg can send queries on itself gets
+		// namedStatements, which lets it (statements.go).
+		if sendsItself(cc) {
 			cc.Tracer = namedStatements{}
 		}
 		st, _ := ctx.Value(callStateKey{}).(*callState)

@@ -274,6 +274,7 @@ type result struct {
 	rr     *pgconn.ResultReader
 	st     *connState
 	cs     *cachedStmt
+	tag    pgconn.CommandTag // from Close on
 	err    error
 	closed bool
 }
@@ -298,7 +299,7 @@ func (r *result) Close() {
 		return
 	}
 	r.closed = true
-	_, r.err = r.rr.Close()
+	r.tag, r.err = r.rr.Close()
 	r.st.failed(r.cs, r.err)
 }
 
@@ -360,34 +361,19 @@ func (pc *pconn) query(ctx context.Context, query string, args []driver.NamedVal
 	return r, nil
 }
 
-// send runs query with args through st (statements.go) and reads the first
-// row. A query whose cached statement code outside tenantpg deallocated is
-// prepared and sent again when it ran outside a transaction: its
-// execution did nothing, and pgx's own cache would not have failed there
-// (pgx.Conn.DeallocateAll empties it).
+// send runs query with args through st (connState.start) and reads the
+// first row.
 func (r *rows) send(ctx context.Context, conn *pgx.Conn, st *connState, query string, args []any) (driver.Rows, error) {
-	pgc := conn.PgConn()
 	defer clear(r.args[:]) // sent: the rows need not keep them alive
-	for retry := true; ; retry = false {
-		idle := pgc.TxStatus() == 'I'
-		if !idle {
-			st.beginning()
-		}
-		rr, cs, err := st.send(ctx, pgc, r.m, query, args, true)
-		if err != nil {
-			return nil, retryable(conn, err)
-		}
-		r.res = result{rr: rr, st: st, cs: cs}
-		more := r.res.Next()
-		if err := r.res.Err(); err != nil {
-			if retry && idle && missing(cs, err) {
-				continue
-			}
-			return nil, err // as stdlib returns the first row's error
-		}
-		r.rows, r.skipNext, r.more = &r.res, true, more
-		return r, nil
+	more, unsent, err := st.start(ctx, conn.PgConn(), r.m, query, args, true, &r.res)
+	if unsent != nil {
+		return nil, retryable(conn, unsent)
 	}
+	if err != nil {
+		return nil, err // as stdlib returns the first row's error
+	}
+	r.rows, r.skipNext, r.more = &r.res, true, more
+	return r, nil
 }
 
 // Columns returns the result's column names.

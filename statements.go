@@ -93,11 +93,21 @@ func stateOf(conn *pgx.Conn) *connState {
 		return st
 	}
 	cfg := conn.Config()
+	// BeforeConnect gives namedStatements exactly to the connections that
+	// can send queries themselves (sendsItself).
 	_, watched := cfg.Tracer.(namedStatements)
-	st := &connState{bare: queriesUntraced(cfg.Tracer), mode: cfg.DefaultQueryExecMode, max: cfg.StatementCacheCapacity}
-	st.fast = watched && (st.mode == pgx.QueryExecModeExec || st.mode == pgx.QueryExecModeCacheStatement && st.max > 0)
+	st := &connState{fast: watched, bare: queriesUntraced(cfg.Tracer), mode: cfg.DefaultQueryExecMode, max: cfg.StatementCacheCapacity}
 	cd[stateKey] = st
 	return st
+}
+
+// sendsItself reports whether tenantpg can send database/sql's queries on
+// a connection with config cc itself: it has no tracer (a user's sees
+// every query), and its mode is exec, or cache_statement with a statement
+// cache.
+func sendsItself(cc *pgx.ConnConfig) bool {
+	m := cc.DefaultQueryExecMode
+	return cc.Tracer == nil && (m == pgx.QueryExecModeExec || m == pgx.QueryExecModeCacheStatement && cc.StatementCacheCapacity > 0)
 }
 
 // runs reports whether tenantpg runs query with args itself: the
@@ -163,33 +173,48 @@ func (st *connState) send(ctx context.Context, pgc *pgconn.PgConn, m *pgtype.Map
 	rr := pgc.ExecStatement(ctx, cs.sd, st.eqb.ParamValues, st.eqb.ParamFormats, formats)
 	st.sent()
 	if cs.resets {
-		st.unsure = true
+		st.markUnsure()
 	}
 	return rr, cs, nil
 }
 
-// exec runs query with args through send and returns its command tag. As
-// rows.send does, it sends again once when the cached statement was
-// deallocated by code outside tenantpg and the exec ran outside a
-// transaction.
-func (st *connState) exec(ctx context.Context, conn *pgx.Conn, query string, args []any) (pgconn.CommandTag, error) {
-	pgc := conn.PgConn()
+// start sends query with args through send and reads the result up to its
+// first row into res. Inside a transaction an unsure cache is emptied
+// first (beginning). Outside one, a cached statement that code outside
+// tenantpg deallocated did nothing (its Bind failed): it is prepared and
+// sent again, once; pgx's own cache would not have failed there
+// (pgx.Conn.DeallocateAll empties it). unsent is send's error (nothing
+// was sent), err the first row's.
+func (st *connState) start(ctx context.Context, pgc *pgconn.PgConn, m *pgtype.Map, query string, args []any, forQuery bool, res *result) (more bool, unsent, err error) {
 	for retry := true; ; retry = false {
 		idle := pgc.TxStatus() == 'I'
 		if !idle {
 			st.beginning()
 		}
-		rr, cs, err := st.send(ctx, pgc, conn.TypeMap(), query, args, false)
+		rr, cs, err := st.send(ctx, pgc, m, query, args, forQuery)
 		if err != nil {
-			return pgconn.CommandTag{}, err
+			return false, err, nil
 		}
-		tag, err := rr.Close()
-		st.failed(cs, err)
-		if err != nil && retry && idle && missing(cs, err) {
-			continue
+		*res = result{rr: rr, st: st, cs: cs}
+		more := res.Next()
+		if err := res.Err(); err != nil {
+			if retry && idle && missing(cs, err) {
+				continue
+			}
+			return false, nil, err
 		}
-		return tag, err
+		return more, nil, nil
 	}
+}
+
+// exec runs query with args through start and returns its command tag.
+func (st *connState) exec(ctx context.Context, conn *pgx.Conn, query string, args []any) (pgconn.CommandTag, error) {
+	var res result
+	if _, unsent, _ := st.start(ctx, conn.PgConn(), conn.TypeMap(), query, args, false, &res); unsent != nil {
+		return pgconn.CommandTag{}, unsent
+	}
+	res.Close() // a no-op when the first row's read failed: res.err has it
+	return res.tag, res.err
 }
 
 // sent lets the encoded arguments of a query go once it is sent, as pgx
@@ -302,11 +327,11 @@ func (st *connState) deallocate(ctx context.Context, pgc *pgconn.PgConn) error {
 
 // touched marks conn's cache unsure: code outside tenantpg's database/sql
 // path holds the connection.
-func touched(conn *pgx.Conn) {
-	if st := stateOf(conn); st.fast {
-		st.unsure = true
-	}
-}
+func touched(conn *pgx.Conn) { stateOf(conn).markUnsure() }
+
+// markUnsure marks the cache unsure (see unsure); only a connection that
+// sends queries itself has one.
+func (st *connState) markUnsure() { st.unsure = st.fast }
 
 // beginning is called before a statement is sent inside a transaction:
 // when the cache is unsure, every cached statement is dropped (to be

@@ -55,7 +55,7 @@ func (t *releaseTracer) TraceRelease(pool *pgxpool.Pool, data pgxpool.TraceRelea
 	if st := stateOf(data.Conn); st.ownRelease {
 		st.ownRelease = false
 	} else {
-		st.unsure = st.fast
+		st.markUnsure()
 	}
 	if t.b.max > 0 && !data.Conn.IsClosed() && t.b.shouldYield(t.e) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -317,24 +317,14 @@ var _ = sql.ErrNoRows
 func TestHookErrorsAreNotRejections(t *testing.T) {
 	env := pgtest.Shared(t)
 	tenants(t, env, 1)
-	cfg, err := tenantpg.ParseConfig(withParams(env.DirectURL(env.AppUser, env.AppDatabase), "tenant_user={user}.{tenant}"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var calls atomic.Int64
-	cfg.Resolve = func(_ context.Context, _ string, pc *pgxpool.Config) error {
+	db := hookedUserDB(t, env, func(pc *pgxpool.Config) {
 		pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 			calls.Add(1)
 			_, err := c.Exec(ctx, "set role nosuchrole")
 			return err
 		}
-		return nil
-	}
-	db, err := tenantpg.OpenDB(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	})
 	ctx := tenantpg.WithTenant(testCtx(t), "t01")
 	for i := 0; i < 3; i++ {
 		_, err := db.ExecContext(ctx, "select 1")

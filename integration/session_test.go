@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/tenantpg/tenantpg"
 	"github.com/tenantpg/tenantpg/internal/pgtest"
 )
@@ -17,7 +18,31 @@ import (
 // directUserDB routes tenants by login role straight to PostgreSQL, where
 // session state stays on one server connection.
 func directUserDB(t *testing.T, env *pgtest.Env, extra ...string) *sql.DB {
-	return open(t, withParams(env.DirectURL(env.AppUser, env.AppDatabase), append([]string{"tenant_user={user}.{tenant}"}, extra...)...))
+	return open(t, directUserDSN(env, extra...))
+}
+
+func directUserDSN(env *pgtest.Env, extra ...string) string {
+	return withParams(env.DirectURL(env.AppUser, env.AppDatabase), append([]string{"tenant_user={user}.{tenant}"}, extra...)...)
+}
+
+// hookedUserDB is directUserDB opened with OpenDB, hooks setting each
+// tenant pool's config (through Resolve); it is closed after the test.
+func hookedUserDB(t *testing.T, env *pgtest.Env, hooks func(*pgxpool.Config), extra ...string) *sql.DB {
+	t.Helper()
+	cfg, err := tenantpg.ParseConfig(directUserDSN(env, extra...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Resolve = func(_ context.Context, _ string, pc *pgxpool.Config) error {
+		hooks(pc)
+		return nil
+	}
+	db, err := tenantpg.OpenDB(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }
 
 func TestNoTenantFailsClosed(t *testing.T) {

@@ -73,12 +73,7 @@ func TestNamedStatementsRunByName(t *testing.T) {
 	tenants(t, env, 1)
 	for _, mode := range []string{"cache_statement", "exec"} {
 		t.Run(mode, func(t *testing.T) {
-			cfg, err := tenantpg.ParseConfig(withParams(env.DirectURL(env.AppUser, env.AppDatabase),
-				"tenant_user={user}.{tenant}", "default_query_exec_mode="+mode))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.Resolve = func(_ context.Context, _ string, pc *pgxpool.Config) error {
+			db := hookedUserDB(t, env, func(pc *pgxpool.Config) {
 				pc.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 					if _, err := c.Prepare(ctx, "whoami", "select current_user || ':' || $1::text"); err != nil {
 						return err
@@ -86,13 +81,7 @@ func TestNamedStatementsRunByName(t *testing.T) {
 					_, err := c.Prepare(ctx, "double it", "select 2 * $1::int")
 					return err
 				}
-				return nil
-			}
-			db, err := tenantpg.OpenDB(cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
+			}, "default_query_exec_mode="+mode)
 			ctx := tenantpg.WithTenant(testCtx(t), "t01")
 			conn, err := db.Conn(ctx)
 			if err != nil {
@@ -341,25 +330,14 @@ func txOnCheckout(ctx context.Context, db *sql.DB, qs ...string) error {
 func TestStatementsDeallocatedByHooks(t *testing.T) {
 	env := pgtest.Shared(t)
 	tenants(t, env, 1)
-	cfg, err := tenantpg.ParseConfig(withParams(env.DirectURL(env.AppUser, env.AppDatabase),
-		"tenant_user={user}.{tenant}", "default_query_exec_mode=cache_statement", "pool_max_conns=1"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var discards atomic.Int64
-	cfg.Resolve = func(_ context.Context, _ string, pc *pgxpool.Config) error {
+	db := hookedUserDB(t, env, func(pc *pgxpool.Config) {
 		pc.PrepareConn = func(ctx context.Context, c *pgx.Conn) (bool, error) {
 			discards.Add(1)
 			_, err := c.Exec(ctx, "discard all")
 			return err == nil, err
 		}
-		return nil
-	}
-	db, err := tenantpg.OpenDB(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	}, "default_query_exec_mode=cache_statement", "pool_max_conns=1")
 	ctx := tenantpg.WithTenant(testCtx(t), "t01")
 	const q = "select $1::int + 20"
 	for i := 0; i < 3; i++ {
