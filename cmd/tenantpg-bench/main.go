@@ -35,7 +35,12 @@ type options struct {
 
 func main() {
 	var o options
-	flag.IntVar(&o.rounds, "rounds", 9, "interleaved rounds per comparison")
+	// With 25 rounds the 96% interval of a ratio's median (medianCI) runs
+	// from the 8th to the 18th round's ratio, about ±0.5 standard
+	// deviations of one round; with 9 it ran from the 2nd to the 8th of 9,
+	// nearly their whole range: ±5-10% on this shared 2-core VM, wider than
+	// the differences the targets are about.
+	flag.IntVar(&o.rounds, "rounds", 25, "interleaved rounds per comparison")
 	flag.DurationVar(&o.duration, "duration", time.Second, "duration of one contender's run in a round")
 	flag.BoolVar(&o.quick, "quick", false, "short runs (smoke test of the program)")
 	flag.StringVar(&o.only, "only", "", "comma separated scenarios to run: single,many,huge,cold,checkout,chart (default all)")

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tenantpg/tenantpg/internal/benchops"
 )
 
 // contender is one approach in a comparison. op runs one unit of work for
@@ -36,6 +38,7 @@ type runResult struct {
 	opsPerSec   float64
 	p50, p99    time.Duration
 	serverKnown bool
+	steal       float64 // share of the machine's CPU time the hypervisor took during the run; -1 if unknown
 }
 
 // errStop ends a worker without counting an operation.
@@ -48,7 +51,14 @@ type sampler func(ctx context.Context, app string) (int, error)
 func runOnce(ctx context.Context, c contender, workers int, dur time.Duration, count sampler) runResult {
 	rctx, cancel := context.WithTimeout(ctx, dur)
 	defer cancel()
-	return runWhile(ctx, rctx, c, workers, count)
+	s0, err0 := benchops.ReadCPUStat()
+	r := runWhile(ctx, rctx, c, workers, count)
+	s1, err1 := benchops.ReadCPUStat()
+	r.steal = -1
+	if err0 == nil && err1 == nil {
+		r.steal = benchops.StealShare(s0, s1)
+	}
+	return r
 }
 
 // runWhile runs c with workers goroutines until rctx ends; operations get
