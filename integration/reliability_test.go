@@ -216,6 +216,38 @@ func liveConns(ctx context.Context, env *pgtest.Env, r routeSpec) (int, error) {
 	return n, err
 }
 
+// socketStates counts the local TCP sockets connected to port on loopback
+// by state, from /proc/net/tcp: a connection that pgx still holds and the
+// server side has closed is in CLOSE_WAIT. They are this test process's,
+// and for PostgreSQL's port also PgBouncer's server connections.
+func socketStates(port int) string {
+	names := map[string]string{"01": "ESTABLISHED", "02": "SYN_SENT", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+		"06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+	counts := map[string]int{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err.Error()
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) < 4 {
+				continue
+			}
+			_, rport, _ := strings.Cut(fs[2], ":")
+			if p, err := strconv.ParseInt(rport, 16, 32); err != nil || int(p) != port {
+				continue
+			}
+			st := names[fs[3]]
+			if st == "" {
+				st = fs[3]
+			}
+			counts[st]++
+		}
+	}
+	return fmt.Sprint(counts)
+}
+
 // leakReport is what the leak checks measured.
 type leakReport struct {
 	open, live, reserved, waiting int
@@ -274,7 +306,12 @@ func checkSettled(t *testing.T, env *pgtest.Env, r routeSpec, db *sql.DB) leakRe
 						p.Tenants, p.OpenConns, p.Pool.ConstructingConns(), p.Pool.AcquiredConns(), p.Pool.IdleConns()))
 				}
 			}
-			t.Errorf("%s: not settled after the load: %s (%s); pools whose slots differ: %v", r.name, why, rep, pools)
+			port := env.PGPort
+			if r.bouncer {
+				port = env.BouncerPort
+			}
+			t.Errorf("%s: not settled after the load: %s (%s); pools whose slots differ: %v; this process's sockets to port %d by TCP state: %s",
+				r.name, why, rep, pools, port, socketStates(port))
 			return rep
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -381,4 +418,33 @@ func errClass(err error) string {
 		return "connection lost"
 	}
 	return "other"
+}
+
+func TestSocketStatesSeesCloseWait(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := socketStates(port); got != "map[ESTABLISHED:1]" {
+		t.Errorf("open: %s, want map[ESTABLISHED:1]", got)
+	}
+	s.Close() // the server's end goes first: the client's waits in CLOSE_WAIT
+	deadline := time.Now().Add(5 * time.Second)
+	for got := socketStates(port); got != "map[CLOSE_WAIT:1]"; got = socketStates(port) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the server closed: %s, want map[CLOSE_WAIT:1]", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
