@@ -68,9 +68,10 @@ func (r *report) header(env *pgtest.Env, o options) {
 	r.printf("Each comparison runs its contenders interleaved in one process, %d rounds of %s each; every round runs them in a new (shuffled) order, "+
 		"and every measured run starts after a garbage collection and an unmeasured warm-up of a tenth of its length. "+
 		"Throughput is the median over rounds; a ratio is the median over rounds of the two contenders' throughputs in the same round. "+
-		"This machine is a virtual one whose host runs other work: each table says how much CPU time the hypervisor took (steal) during its runs, "+
+		"This machine is a virtual one whose host runs other work: a round in which the hypervisor took more than %.0f%% of the CPU time (steal) during any measured run "+
+		"is run again, at most as many times as there are rounds; each table says how much steal its kept runs saw, "+
 		"and the targets table gives each throughput ratio's confidence interval, which shows what one run can resolve.\n\n",
-		o.rounds, o.duration)
+		o.rounds, o.duration, 100*maxSteal)
 }
 
 func (r *report) section(title, intro string) {
@@ -120,8 +121,12 @@ func stealNote(res []summary) string {
 	if len(st) == 0 {
 		return "CPU steal: unknown (no /proc/stat)."
 	}
-	return fmt.Sprintf("CPU steal (time the hypervisor gave the machine's CPUs to others) during the measured runs: median %.1f%%, at most %.1f%%.",
+	note := fmt.Sprintf("CPU steal (time the hypervisor gave the machine's CPUs to others) during the measured runs kept: median %.1f%%, at most %.1f%%",
 		100*median(st), 100*slices.Max(st))
+	if n := res[0].rerun; n > 0 {
+		note += fmt.Sprintf("; %d round(s) were run again because a run lost more than %.0f%%", n, 100*maxSteal)
+	}
+	return note + "."
 }
 
 func (r *report) String() string { return r.b.String() }
