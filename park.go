@@ -146,7 +146,7 @@ func (c *Connector) get(ctx context.Context, e *poolEntry) (*pconn, error) {
 		e.acquiring++
 		e.held++
 		e.parkMu.Unlock()
-		dc, err := e.connector.Connect(ownAcquire(ctx))
+		dc, err := e.connector.Connect(ownAcquire(ctx, e))
 		var pc *pconn
 		if err == nil {
 			sc := dc.(*stdlib.Conn)
@@ -422,12 +422,19 @@ func (e *poolEntry) unparkAll() { e.unpark(1<<63 - 1) }
 // where checkouts and native callers queue together. (No window after:
 // parking comes back as soon as no native acquire is under way.)
 
-// ownAcquireKey marks the context of tenantpg's own acquires from pgxpool,
-// so that releaseTracer tells pgx-native ones apart.
+// ownAcquireKey marks the context of tenantpg's own acquires from pgxpool
+// with the pool entry acquiring, so that releaseTracer tells pgx-native
+// ones apart: a pool hook that acquires from another tenant's pool with
+// the context it was given is a native acquire there.
 type ownAcquireKey struct{}
 
-func ownAcquire(ctx context.Context) context.Context {
-	return context.WithValue(ctx, ownAcquireKey{}, true)
+func ownAcquire(ctx context.Context, e *poolEntry) context.Context {
+	return context.WithValue(ctx, ownAcquireKey{}, e)
+}
+
+// isOwnAcquire reports whether ctx is that of e's own acquire.
+func (e *poolEntry) isOwnAcquire(ctx context.Context) bool {
+	return ctx.Value(ownAcquireKey{}) == e
 }
 
 // nativeAcquire records a pgx-native acquire starting (+1) or ending (-1),

@@ -138,10 +138,10 @@ func (t *releaseTracer) TraceConnectEnd(ctx context.Context, d pgx.TraceConnectE
 }
 
 // TraceAcquireStart and TraceAcquireEnd see pgx-native acquires (those
-// without tenantpg's marker): while one is under way, releases go to
+// without the pool's own marker): while one is under way, releases go to
 // pgxpool (see nativeAcquire); and they count as use of the pool.
 func (t *releaseTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireStartData) context.Context {
-	if ctx.Value(ownAcquireKey{}) == nil {
+	if !t.e.isOwnAcquire(ctx) {
 		t.e.nativeAcquire(+1)
 	}
 	if i, ok := t.inner.(pgxpool.AcquireTracer); ok {
@@ -151,7 +151,7 @@ func (t *releaseTracer) TraceAcquireStart(ctx context.Context, p *pgxpool.Pool, 
 }
 
 func (t *releaseTracer) TraceAcquireEnd(ctx context.Context, p *pgxpool.Pool, d pgxpool.TraceAcquireEndData) {
-	if ctx.Value(ownAcquireKey{}) == nil {
+	if !t.e.isOwnAcquire(ctx) {
 		t.e.nativeAcquire(-1)
 	}
 	if i, ok := t.inner.(pgxpool.AcquireTracer); ok {
