@@ -337,25 +337,52 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 	pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b, e: e}
 }
 
-// reaper gives connections parked too long back to pgxpool, closes idle
-// pools and forgets expired rejections.
+// reaper advances the coarse clock on every tick and has reapWork give
+// connections parked too long back to pgxpool, close idle pools and forget
+// expired rejections. The work runs on a goroutine of its own: giving a
+// connection back can close it (a budget waiter of another pool gets its
+// slot; up to serverCloseMax each), and the clock, which times parking,
+// holdMax and idleness, must not stall behind those closes.
 func (c *Connector) reaper() {
 	defer c.reaperWG.Done()
 	every, reapAfter := reapSchedule(c.settings.poolIdle)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	work := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range work {
+			if testHookReapWork != nil {
+				testHookReapWork()
+			}
+			now := c.clock.read()
+			c.set.unparkStale(now)
+			c.set.reap(now, reapAfter)
+			c.rejects.purge(c.clock.wall(now))
+		}
+	}()
+	defer func() {
+		close(work)
+		<-done
+	}()
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-t.C:
-			now := c.clock.tick()
-			c.set.unparkStale(now)
-			c.set.reap(now, reapAfter)
-			c.rejects.purge(c.clock.wall(now))
+			c.clock.tick()
+			select {
+			case work <- struct{}{}:
+			default: // the work is behind: it reads the clock when it gets there
+			}
 		}
 	}
 }
+
+// testHookReapWork, when set by a test, runs before each round of the
+// reaper's work.
+var testHookReapWork func()
 
 // reapSchedule returns how often the reaper runs and how long a pool must
 // have gone unused by its clock to be reaped (0: never) for tenant_pool_idle

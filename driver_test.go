@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -254,4 +255,26 @@ func offlineConnectorWith(t *testing.T, params string) *Connector {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// The coarse clock times parking, holdMax and idleness; the reaper's work
+// can stall (giving a connection back may close it), and the clock must
+// advance meanwhile.
+func TestClockAdvancesWhileReapWorkStalls(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	testHookReapWork = func() { once.Do(func() { close(entered); <-release }) }
+	c := offlineConnectorWith(t, "&tenant_pool_idle=200ms") // a tick every 50 ms
+	t.Cleanup(func() {
+		c.Close()
+		testHookReapWork = nil // after the reaper has stopped
+	})
+	<-entered
+	before := c.clock.read()
+	time.Sleep(300 * time.Millisecond)
+	after := c.clock.read()
+	close(release)
+	if d := time.Duration(after - before); d < 150*time.Millisecond {
+		t.Errorf("the clock advanced %s in 300 ms while the reaper's work was stalled", d)
+	}
 }

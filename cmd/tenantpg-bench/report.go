@@ -237,38 +237,43 @@ tenantpg takes more than that back below the driver interface:
   ` + "`pgx.Conn.Query`" + ` does for features database/sql cannot reach (about 5% of
   the client's CPU; docs/architecture.md, "Statements").
 
-One tenant, 8 workers, ` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`" + `
-(20 interleaved rounds of 1 s per process, processes of the builds
-alternating): tenantpg/` + "`stdlib.OpenDB`" + ` 1.019-1.028 direct in ` + "`cache_statement`" + `
-(0.986-1.003 before the statements change) and 1.000-1.018 (3
-processes) through PgBouncer in ` + "`exec`" + ` (` + "`-bouncer`" + `; 0.990 before), client
-CPU per query 0.96x direct and 0.97-0.99x through PgBouncer. One run of
-this program is noisier than that: its two tenantpg contenders run the
-same code and have differed by up to 3 points in one run, and a round's ratio ranges over several points (the targets
-table shows each one-tenant ratio's range over rounds). Through PgBouncer
-the client's share of the two cores is smaller (PgBouncer and PostgreSQL
-take the rest), so the same saving is worth about 1% of throughput, within
-one run's noise: of the four runs of this program in session 10 after the
-statements change, the PgBouncer 8-worker ratio was 1.015, 1.014, 0.996
-and this table's (1 worker: 1.011, 1.004, 1.012 and this table's); the
-direct 8-worker one 1.026, 1.020, 1.012 and this table's.
-What would make the margin clear of the noise: less client work per query
-than database/sql itself allows, or a machine where the client does not
-share its cores with PgBouncer and PostgreSQL.
+What one run can resolve. This machine has 2 virtual CPUs on a host that
+runs other work. During one probe run ` + "`vmstat 2`" + ` showed the hypervisor
+taking 0-17% of the CPU time (steal) from one 2-s window to the next, and
+the first 25-round run of this program (session 11) saw up to 44% in one
+1-s run and round ratios from 0.39 to 4.14. A round's ratio spreads by
+about ±10% whatever its length (` + "`go run ./cmd/tenantpg-probe -tenants 60`" + `
+quartiles 0.81-1.30 with rounds of 50 ms, 0.88-1.13 with 200 ms, 0.86-1.14
+with 1 s), so this is not a slow drift that interleaving cancels. Hence
+this program's 25 rounds, the rerun of a round that lost more than 5% to
+steal, and the interval in the targets table: a target whose interval
+includes 1.00 is one that this run cannot tell from parity, met or not.
 
-100 tenants: nearly every checkout is for another tenant than its handle's
-last, so it looks the tenant up (a ` + "`sync.Map`" + `, twice: the second load
-makes the pool's generation one the mapping had) and claims from that
-tenant's pool; the map of ` + "`*sql.DB`" + ` pays only a Go map lookup in the
-caller. In a 20-s CPU profile per contender (session 7) the lookup was
-about 1.5% of tenantpg's client CPU and its checkout and release about
-3.5% (` + "`stdlib.OpenDB`" + `'s ` + "`ResetSession`" + ` about 1.8% of the map's).
-` + "`go run ./cmd/tenantpg-probe -tenants 60`" + ` measures 0.986-0.989x the map
-after the statements change against 0.976x before (2 processes each,
-alternating), client CPU per query 1.04x: still about 1% short, which one
-run of this program cannot resolve (its 100-tenant ratio in session 10's
-four runs after the change: 1.022, 1.004, 1.082 and this table's). What
-would close it: one ` + "`sync.Map`" + ` load instead of two per lookup (the
-map's value holding the pool and its generation together); it changes the
-unmap and retire protocol and needs its own race tests.
+The probe's runs (20 interleaved rounds of 1 s unless said otherwise),
+taken together, say more than one run of this program:
+
+- one tenant, 8 workers (` + "`go run ./cmd/tenantpg-probe -workers 8 -rounds 20`" + `):
+  tenantpg/` + "`stdlib.OpenDB`" + ` 1.005-1.044 direct in ` + "`cache_statement`" + ` over 9
+  processes in sessions 10 and 11, client CPU per query 0.93-0.98x; through
+  PgBouncer in ` + "`exec`" + ` (` + "`-bouncer`" + `) 1.000-1.018, 0.97-0.99x. Through
+  PgBouncer the client's share of the two cores is smaller (PgBouncer and
+  PostgreSQL take the rest), so the same saving is worth less throughput;
+- 100 tenants (` + "`-tenants 60`" + `, the most PostgreSQL's ` + "`max_connections`" + ` of
+  300 allows the probe): every session-11 process, 0.969, 1.058, 1.066,
+  1.024, 0.996 (10 rounds) and 0.882 of the map, the last in a period when
+  the map's own client CPU per query had nearly tripled; with shorter
+  rounds 1.043 and 1.001 (200 ms) and 1.047 (50 ms). Client CPU per query
+  was 0.94-0.99x the map's in all but two (1.06x, and 1.25x in that
+  period), so tenantpg now does less client work per query than the map:
+  the lookup of the tenant's pool (a ` + "`sync.Map`" + `, about 1.5% of tenantpg's
+  client CPU) costs less than the statements change saved.
+
+Where the client's CPU goes with 60 tenants (CPU profile of one probe run,
+per contender): 58-62% is the ` + "`write`" + ` system call that sends a query, in
+which the kernel delivers it on loopback and wakes the server's backend
+(7.56 s for tenantpg, 7.64 s for the map in one run of equal length), and
+8-10% the ` + "`read`" + ` that receives the answer; what either driver does is the
+rest. What would make the margins clear of the noise: a machine without
+steal, with more cores, where the client does not share them with
+PgBouncer and PostgreSQL.
 `
