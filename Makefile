@@ -40,7 +40,7 @@ demo: servers
 bench: servers
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3000x ./...
 
-## bench-report: the interleaved comparisons of docs/benchmarks.md and its chart (about 20 minutes)
+## bench-report: the interleaved comparisons of docs/benchmarks.md and its chart (about 20 minutes; longer when the host steals CPU time, whose rounds are run again)
 bench-report: servers
 	$(GO) run ./cmd/tenantpg-bench -out docs/benchmarks.md -svg docs/benchmarks.svg
 

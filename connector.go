@@ -353,6 +353,11 @@ func (c *Connector) reaper() {
 	go func() {
 		defer close(done)
 		for range work {
+			select {
+			case <-c.stop:
+				return // Close: a tick left in the channel is not worth a round
+			default:
+			}
 			if testHookReapWork != nil {
 				testHookReapWork()
 			}

@@ -262,18 +262,20 @@ func offlineConnectorWith(t *testing.T, params string) *Connector {
 // advance meanwhile.
 func TestClockAdvancesWhileReapWorkStalls(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
+	var once, released sync.Once
+	unblock := func() { released.Do(func() { close(release) }) }
 	testHookReapWork = func() { once.Do(func() { close(entered); <-release }) }
+	// Cleanups run last first: the hook goes after the connector's Close
+	// (or at once if the connector fails to open), and the work is
+	// unblocked before Close, which waits for it.
+	t.Cleanup(func() { testHookReapWork = nil })
 	c := offlineConnectorWith(t, "&tenant_pool_idle=200ms") // a tick every 50 ms
-	t.Cleanup(func() {
-		c.Close()
-		testHookReapWork = nil // after the reaper has stopped
-	})
+	t.Cleanup(unblock)
 	<-entered
 	before := c.clock.read()
 	time.Sleep(300 * time.Millisecond)
 	after := c.clock.read()
-	close(release)
+	unblock()
 	if d := time.Duration(after - before); d < 150*time.Millisecond {
 		t.Errorf("the clock advanced %s in 300 ms while the reaper's work was stalled", d)
 	}

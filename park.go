@@ -12,9 +12,10 @@ import (
 // parkMax is how long a connection stays parked at most. One parked that
 // long goes back to pgxpool, which applies pool_max_conn_lifetime, idle
 // time and health checks to it; tenantpg's reaper does this on every tick
-// (at most parkMax/2 apart), and a checkout that finds it first does it
-// too. Ages come from the coarse clock, so a connection goes back after
-// between parkMax minus one tick and parkMax.
+// (at most parkMax/2 apart) unless its work is still busy with the last
+// one, and a checkout that finds it first does it too. Ages come from the
+// coarse clock, so a connection goes back after between parkMax minus one
+// tick and parkMax, or later when the reaper's work is behind.
 const parkMax = time.Second
 
 // holdMax is how long tenantpg keeps one acquisition of a connection from

@@ -555,9 +555,9 @@ func (s *poolSet) reap(now int64, idle time.Duration) int {
 	}
 	s.compactLocked()
 	s.mu.Unlock()
-	// Closed off the reaper's goroutine (closeRemoved), which must keep
-	// advancing the clock. Counted now, as they leave Stats().Pools, so that
-	// the two agree.
+	// Closed off the reaper's goroutine (closeRemoved): the reaper should
+	// not wait for a pool's last connection. Counted now, as they leave
+	// Stats().Pools, so that the two agree.
 	s.reaped.Add(int64(len(victims)))
 	for _, v := range victims {
 		s.closeRemoved(v.e, v.reason, v.tenants)

@@ -69,7 +69,7 @@ func (r *report) header(env *pgtest.Env, o options) {
 		"and every measured run starts after a garbage collection and an unmeasured warm-up of a tenth of its length. "+
 		"Throughput is the median over rounds; a ratio is the median over rounds of the two contenders' throughputs in the same round. "+
 		"This machine is a virtual one whose host runs other work: a round in which the hypervisor took more than %.0f%% of the CPU time (steal) during any measured run "+
-		"is run again, at most as many times as there are rounds; each table says how much steal its kept runs saw, "+
+		"is run again, at most as many times as there are rounds (sections 1, 2 and 6; section 5's Go benchmarks are not filtered); the tables of sections 1 and 2 say how much steal their kept runs saw, "+
 		"and the targets table gives each throughput ratio's confidence interval, which shows what one run can resolve.\n\n",
 		o.rounds, o.duration, 100*maxSteal)
 }
@@ -125,6 +125,9 @@ func stealNote(res []summary) string {
 		100*median(st), 100*slices.Max(st))
 	if n := res[0].rerun; n > 0 {
 		note += fmt.Sprintf("; %d round(s) were run again because a run lost more than %.0f%%", n, 100*maxSteal)
+	}
+	if n := res[0].overSteal; n > 0 {
+		note += fmt.Sprintf("; the reruns ran out and %d kept round(s) lost more than that", n)
 	}
 	return note + "."
 }
@@ -197,7 +200,7 @@ func (r *report) targetsSection() {
 	}
 	unresolved = slices.DeleteFunc(unresolved, func(x ratioResult) bool { return x.ciLo > 1 || x.ciHi < 1 })
 	r.printf("\nA throughput ratio is met when its median over rounds is at least 1.00. ")
-	r.printf("The interval beside it is where the median of its rounds lies with the stated confidence, from the rounds alone (order statistics): ")
+	r.printf("The interval beside it is where the median ratio that more rounds would converge on lies, with the stated confidence, from the rounds alone (order statistics): ")
 	if len(unresolved) == 0 {
 		r.printf("in this run every throughput ratio's interval lies on one side of 1.00.\n")
 	} else {
@@ -242,7 +245,7 @@ runs other work. During one probe run ` + "`vmstat 2`" + ` showed the hypervisor
 taking 0-17% of the CPU time (steal) from one 2-s window to the next, and
 the first 25-round run of this program (session 11) saw up to 44% in one
 1-s run and round ratios from 0.39 to 4.14. A round's ratio spreads by
-about ±10% whatever its length (` + "`go run ./cmd/tenantpg-probe -tenants 60`" + `
+±10% or more however short or long the round (` + "`go run ./cmd/tenantpg-probe -tenants 60`" + `
 quartiles 0.81-1.30 with rounds of 50 ms, 0.88-1.13 with 200 ms, 0.86-1.14
 with 1 s), so this is not a slow drift that interleaving cancels. Hence
 this program's 25 rounds, the rerun of a round that lost more than 5% to
@@ -258,8 +261,8 @@ taken together, say more than one run of this program:
   PgBouncer in ` + "`exec`" + ` (` + "`-bouncer`" + `) 1.000-1.018, 0.97-0.99x. Through
   PgBouncer the client's share of the two cores is smaller (PgBouncer and
   PostgreSQL take the rest), so the same saving is worth less throughput;
-- 100 tenants (` + "`-tenants 60`" + `, the most PostgreSQL's ` + "`max_connections`" + ` of
-  300 allows the probe): every session-11 process, 0.969, 1.058, 1.066,
+- 100 tenants (` + "`-tenants 60`" + `; the probe's PostgreSQL, with
+  ` + "`max_connections`" + ` 300, allows up to 70): every session-11 process, 0.969, 1.058, 1.066,
   1.024, 0.996 (10 rounds) and 0.882 of the map, the last in a period when
   the map's own client CPU per query had nearly tripled; with shorter
   rounds 1.043 and 1.001 (200 ms) and 1.047 (50 ms). Client CPU per query

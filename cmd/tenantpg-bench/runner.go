@@ -138,11 +138,13 @@ type summary struct {
 	peakServer int
 	firstErr   error
 	rerun      int // rounds of its comparison run again for steal (maxSteal)
+	overSteal  int // rounds kept with more steal than maxSteal, once reruns ran out
 }
 
 // maxSteal is the share of CPU time the hypervisor may take during a
 // measured run (benchops.StealShare). A round in which any run lost more
-// is run again, at most as many times as there are rounds in all: on this
+// is run again, at most as many times as there are rounds in all (its
+// errors and server connection peaks still count): on this
 // shared VM steal comes in bursts of up to 40% of a second, which moved
 // one round's ratio anywhere between 0.4 and 4 (docs/benchmarks.md, session
 // 11), while the differences the targets are about are a few percent. The
@@ -167,8 +169,9 @@ func interleave(ctx context.Context, cs []contender, rounds, workers int, dur ti
 		order[i] = i
 	}
 	res := make([][]runResult, len(cs))
+	dropped := make([][]runResult, len(cs)) // rounds run again: their errors and peaks still count
 	round := make([]runResult, len(cs))
-	rerun := 0
+	rerun, overSteal := 0, 0
 	for len(res[0]) < rounds {
 		rng.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
 		stolen := false
@@ -183,7 +186,13 @@ func interleave(ctx context.Context, cs []contender, rounds, workers int, dur ti
 		}
 		if stolen && rerun < rounds {
 			rerun++
+			for i := range cs {
+				dropped[i] = append(dropped[i], round[i])
+			}
 			continue
+		}
+		if stolen {
+			overSteal++
 		}
 		for i := range cs {
 			res[i] = append(res[i], round[i])
@@ -198,12 +207,14 @@ func interleave(ctx context.Context, cs []contender, rounds, workers int, dur ti
 	}
 	out := make([]summary, len(cs))
 	for i, c := range cs {
-		s := summary{name: c.name, rounds: res[i], rerun: rerun}
+		s := summary{name: c.name, rounds: res[i], rerun: rerun, overSteal: overSteal}
 		var tput []float64
 		var lat []time.Duration
 		for _, r := range res[i] {
 			tput = append(tput, r.opsPerSec)
 			lat = append(lat, r.lat...)
+		}
+		for _, r := range slices.Concat(res[i], dropped[i]) {
 			s.errs += r.errs
 			s.peakServer = max(s.peakServer, r.peakServer)
 			if s.firstErr == nil {
