@@ -337,9 +337,9 @@ func (c *Connector) instrument(pc *pgxpool.Config, e *poolEntry, tenant string, 
 	pc.ConnConfig.Tracer = &releaseTracer{inner: pc.ConnConfig.Tracer, b: b, e: e}
 }
 
-// reaper advances the coarse clock on every tick and has reapWork give
-// connections parked too long back to pgxpool, close idle pools and forget
-// expired rejections. The work runs on a goroutine of its own: giving a
+// reaper advances the coarse clock on every tick and has a goroutine of its
+// own give connections parked too long back to pgxpool, close idle pools
+// and forget expired rejections. The work is off the ticking goroutine: giving a
 // connection back can close it (a budget waiter of another pool gets its
 // slot; up to serverCloseMax each), and the clock, which times parking,
 // holdMax and idleness, must not stall behind those closes.
