@@ -271,12 +271,14 @@ taken together, say more than one run of this program:
   the lookup of the tenant's pool (a ` + "`sync.Map`" + `, about 1.5% of tenantpg's
   client CPU) costs less than the statements change saved.
 
-Where the client's CPU goes with 60 tenants (CPU profile of one probe run,
+Where the client's CPU goes with 60 tenants (CPU profiles of three probe runs,
 per contender): 58-62% is the ` + "`write`" + ` system call that sends a query, in
-which the kernel delivers it on loopback and wakes the server's backend
-(7.56 s for tenantpg, 7.64 s for the map in one run of equal length), and
-8-10% the ` + "`read`" + ` that receives the answer; what either driver does is the
-rest. What would make the margins clear of the noise: a machine without
+which the kernel delivers it on loopback and wakes the server's backend,
+and 8-10% the ` + "`read`" + ` that receives the answer; what either driver does is
+the rest. The ` + "`write`" + `'s cost per query differed between the two
+contenders by up to 12% either way from one run to the next (tenantpg/map
+1.12, 0.93 and 0.90 in three profiled runs), with the same code: the
+kernel's side of the wake-up is part of the noise. What would make the margins clear of the noise: a machine without
 steal, with more cores, where the client does not share them with
 PgBouncer and PostgreSQL.
 `
