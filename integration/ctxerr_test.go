@@ -86,15 +86,7 @@ func TestEndedContextDoesNotPoisonASession(t *testing.T) {
 // driver.ErrBadConn, which made database/sql close the *sql.Conn (waiting
 // for the open rows first) and hid the reason.
 func TestSendFailuresKeepTheSession(t *testing.T) {
-	env := pgtest.Shared(t)
-	tenants(t, env, 1)
-	db := directUserDB(t, env)
-	tctx := tenantpg.WithTenant(testCtx(t), "t01")
-	conn, err := db.Conn(tctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	tctx, conn := tenantSession(t)
 	var pid int
 	if err := conn.QueryRowContext(tctx, "select pg_backend_pid()").Scan(&pid); err != nil {
 		t.Fatal(err)

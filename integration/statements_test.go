@@ -40,14 +40,22 @@ func serverStatements(t *testing.T, ctx context.Context, conn *sql.Conn) []strin
 	return names
 }
 
-// tenantSession returns a *sql.Conn of tenant t01, opened with the DSN params
-// extra, and its context; both end with the test.
-func tenantSession(t *testing.T, extra ...string) (context.Context, *sql.Conn) {
+// tenantDB opens tenantpg for tenant t01 of the shared servers, logging in
+// directly as the tenant's user with the extra DSN parameters, and returns
+// it with a context of t01.
+func tenantDB(t *testing.T, extra ...string) (context.Context, *sql.DB) {
 	t.Helper()
 	env := pgtest.Shared(t)
 	tenants(t, env, 1)
 	db := directUserDB(t, env, extra...)
-	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	return tenantpg.WithTenant(testCtx(t), "t01"), db
+}
+
+// tenantSession returns a *sql.Conn of tenant t01, opened with the DSN params
+// extra, and its context; both end with the test.
+func tenantSession(t *testing.T, extra ...string) (context.Context, *sql.Conn) {
+	t.Helper()
+	ctx, db := tenantDB(t, extra...)
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -359,10 +367,7 @@ func TestStatementsDeallocatedByHooks(t *testing.T) {
 // that deallocates every statement of a connection database/sql then uses
 // must not make the next transaction fail.
 func TestStatementsDeallocatedNatively(t *testing.T) {
-	env := pgtest.Shared(t)
-	tenants(t, env, 1)
-	db := directUserDB(t, env, "default_query_exec_mode=cache_statement", "pool_max_conns=1")
-	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	ctx, db := tenantDB(t, "default_query_exec_mode=cache_statement", "pool_max_conns=1")
 	const q = "select $1::int + 30"
 	for i := 0; i < 3; i++ {
 		if err := txOnCheckout(ctx, db, q, q); err != nil {
@@ -399,10 +404,7 @@ func TestStatementsDeallocatedNatively(t *testing.T) {
 // outside tenantpg: the next transaction on it reuses the cached
 // statement instead of preparing it again.
 func TestOwnReleasesKeepTheCache(t *testing.T) {
-	env := pgtest.Shared(t)
-	tenants(t, env, 1)
-	db := directUserDB(t, env, "default_query_exec_mode=cache_statement", "pool_max_conns=1")
-	ctx := tenantpg.WithTenant(testCtx(t), "t01")
+	ctx, db := tenantDB(t, "default_query_exec_mode=cache_statement", "pool_max_conns=1")
 	const q = "select $1::int + 40"
 	prepared := func() string {
 		conn, err := db.Conn(ctx)
