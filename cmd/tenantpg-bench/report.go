@@ -93,14 +93,14 @@ func (r *report) throughputTable(caption string, res []summary, baseline string,
 		r.printf("| contender | queries/s | vs %s | p50 | p99 | errors |\n|---|---|---|---|---|---|\n", baseline)
 	}
 	for _, s := range res {
-		ratio := ratio(s, base)
-		r.printf("| %s | %.0f | %.2fx | %s | %s | %d%s |", s.name, s.median, ratio, round(s.p50), round(s.p99), s.errs, errNote(s.firstErr))
+		x := newRatio(caption, s, base)
+		r.printf("| %s | %.0f | %.2fx | %s | %s | %d%s |", s.name, s.median, x.ratio, round(s.p50), round(s.p99), s.errs, errNote(s.firstErr))
 		if withServer {
 			r.printf(" %d |", s.peakServer)
 		}
 		r.printf("\n")
 		if strings.HasPrefix(s.name, "tenantpg") {
-			r.ratios = append(r.ratios, newRatio(caption, s, base))
+			r.ratios = append(r.ratios, x)
 		}
 	}
 	r.printf("\n%s\n\n", stealNote(res))
