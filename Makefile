@@ -40,8 +40,10 @@ demo: servers
 bench: servers
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 3000x ./...
 
-## bench-report: the interleaved comparisons of docs/benchmarks.md and its chart (about 20 minutes; longer when the host steals CPU time, whose rounds are run again)
+## bench-report: the interleaved comparisons of docs/benchmarks.md, its chart and the instruction counts of its section 7
+## (about 30 minutes; longer when the host steals CPU time, whose rounds are run again; needs valgrind, installed as root on Debian)
 bench-report: servers
+	@scripts/ensure-valgrind.sh
 	$(GO) run ./cmd/tenantpg-bench -out docs/benchmarks.md -svg docs/benchmarks.svg
 
 ## soak: the chaos isolation test at 500,000 operations (TENANTPG_CHAOS_OPS to change; about an hour),

@@ -31,6 +31,7 @@ type options struct {
 	svg      string
 
 	memprofile string
+	countChild string
 }
 
 func main() {
@@ -43,11 +44,19 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 25, "interleaved rounds per comparison")
 	flag.DurationVar(&o.duration, "duration", time.Second, "duration of one contender's run in a round")
 	flag.BoolVar(&o.quick, "quick", false, "short runs (smoke test of the program)")
-	flag.StringVar(&o.only, "only", "", "comma separated scenarios to run: single,many,huge,cold,checkout,chart (default all)")
+	flag.StringVar(&o.only, "only", "", "comma separated scenarios to run: single,many,huge,cold,checkout,chart,counted (default all)")
 	flag.StringVar(&o.out, "out", "", "write the Markdown report here (default stdout only)")
 	flag.StringVar(&o.svg, "svg", "", "write the throughput chart here")
 	flag.StringVar(&o.memprofile, "memprofile", "", "write heap profiles PREFIX-before.pprof and PREFIX-after.pprof around the huge scenario")
+	flag.StringVar(&o.countChild, "count-child", "", "internal: run one counted contender (section 7) from this JSON spec and print its wire counts")
 	flag.Parse()
+	if o.countChild != "" {
+		if err := countChild(o.countChild); err != nil {
+			fmt.Fprintln(os.Stderr, "tenantpg-bench -count-child:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if o.quick {
 		o.rounds, o.duration = 2, 300*time.Millisecond
 	}
@@ -104,6 +113,7 @@ func run(o options) error {
 		{"checkout", b.checkout},
 		{"chart", b.chart},
 		{"huge", b.huge},
+		{"counted", b.counted},
 	}
 	for _, s := range steps {
 		if !o.want(s.name) {

@@ -16,6 +16,7 @@ type report struct {
 	routing []routingResult
 	huge    *hugeResult
 	many    *manyResult
+	counts  []countedRatio
 }
 
 // ratioResult is a tenantpg contender's median against a baseline's.
@@ -211,6 +212,14 @@ func (r *report) targetsSection() {
 		r.printf("in this run the intervals of %d of the throughput ratios include 1.00 (%s), so this run cannot tell them from parity either way.\n",
 			len(unresolved), strings.Join(names, "; "))
 	}
+	if len(r.counts) > 0 {
+		var cs []string
+		for _, c := range r.counts {
+			cs = append(cs, fmt.Sprintf("%s %.3fx of %s (%.3f-%.3f; %s)", c.caption, c.ratio, c.baseline, c.lo, c.hi, c.wire))
+		}
+		r.printf("\nSection 7 counts the client's work instead, which steal does not move. tenantpg's instructions per query: %s.\n",
+			strings.Join(cs, "; "))
+	}
 	r.printf("\n%s\n", costExplanation)
 }
 
@@ -280,5 +289,7 @@ contenders by up to 12% either way from one run to the next (tenantpg/map
 1.12, 0.93 and 0.90 in three profiled runs), with the same code: the
 kernel's side of the wake-up is part of the noise. What would make the margins clear of the noise: a machine without
 steal, with more cores, where the client does not share them with
-PgBouncer and PostgreSQL.
+PgBouncer and PostgreSQL. What this machine can say exactly is in section
+7: how many instructions the client runs per query, and whether tenantpg
+sends the server the same messages as its baseline.
 `

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -17,6 +18,18 @@ import (
 func QueryInt(ctx context.Context, db *sql.DB, i int) error {
 	var n int
 	if err := db.QueryRowContext(ctx, "select $1::int", i).Scan(&n); err != nil {
+		return err
+	}
+	if n != i {
+		return fmt.Errorf("select $1 returned %d for %d", n, i)
+	}
+	return nil
+}
+
+// PoolQueryInt is QueryInt on a pgxpool.Pool, pgx's native API.
+func PoolQueryInt(ctx context.Context, pool *pgxpool.Pool, i int) error {
+	var n int
+	if err := pool.QueryRow(ctx, "select $1::int", i).Scan(&n); err != nil {
 		return err
 	}
 	if n != i {
