@@ -13,10 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -28,10 +30,12 @@ import (
 // Section 7 counts the client's work per query instead of timing it: the
 // user-space instructions of a process that runs one contender
 // (valgrind's cachegrind, which counts instructions whatever the
-// hypervisor steals), and what it sends and receives on its sockets. Time
-// on this VM cannot resolve a few percent in one run (section "Where
-// tenantpg's time goes"); counts vary by a few percent from one process to
-// the next, and not with the machine's load.
+// hypervisor steals), its allocations, and what it sends and receives on
+// its connections. Time on this VM cannot resolve a few percent in one run
+// (section "Where tenantpg's time goes"). Counts vary by a few percent from
+// one process to the next; the machine's load moves them only through
+// work done on a clock (tickers, pings of idle connections), of which the
+// longer process does more.
 
 // countSpec is one counted child process: a contender with one worker,
 // warm queries and then n measured ones.
@@ -43,17 +47,21 @@ type countSpec struct {
 	N         int    `json:"n"`
 }
 
-// wireCount is what a child's connections wrote and read during its
-// measured queries.
-type wireCount struct {
-	Writes, Reads     int64
+// childReport is what a counted child saw during its measured queries:
+// the calls and bytes of its connections, its allocations and collections,
+// and its failures.
+type childReport struct {
+	Writes, Reads     int64 // net.Conn Write and Read calls
 	BytesOut, BytesIn int64
 	Dials             int64
+	Mallocs, AllocB   uint64 // runtime.MemStats Mallocs and TotalAlloc
+	NumGC             uint32
+	Seconds           float64 // wall time of the measured queries
 	MeasuredErrs      int
 	FirstErr          string
 }
 
-// countingConn counts the calls and bytes of a connection's socket.
+// countingConn counts a connection's Read and Write calls and bytes.
 type countingConn struct {
 	net.Conn
 	w *wireCounters
@@ -78,8 +86,8 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// dial is pgconn's default dialer (a zero net.Dialer) with the socket
-// counted.
+// dial is pgconn's default dialer (a zero net.Dialer; these DSNs set no
+// connect_timeout) with the connection counted.
 func (w *wireCounters) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, network, addr)
@@ -100,11 +108,14 @@ func (w *wireCounters) openTenantpg(dsn string) (*sql.DB, error) {
 	return tenantpg.OpenDB(cfg)
 }
 
-// countChild runs spec in this process and prints its wireCount as JSON.
-func countChild(arg string) error {
+// countChild runs the countSpec it reads as JSON from stdin in this
+// process and prints its childReport as JSON. The spec holds a DSN with a
+// password, which the command line would show to every user of the
+// machine.
+func countChild() error {
 	var spec countSpec
-	if err := json.Unmarshal([]byte(arg), &spec); err != nil {
-		return err
+	if err := json.NewDecoder(os.Stdin).Decode(&spec); err != nil {
+		return fmt.Errorf("spec on stdin: %w", err)
 	}
 	ctx := context.Background()
 	var wire wireCounters
@@ -115,7 +126,7 @@ func countChild(arg string) error {
 	defer closeAll()
 	rng := rand.New(rand.NewPCG(7, 11))
 	tenant := func() int { return rng.IntN(max(spec.Tenants, 1)) }
-	var res wireCount
+	var res childReport
 	// Warm: every tenant once (so that each has its connection), then
 	// random ones.
 	for i := range max(spec.Tenants, 1) {
@@ -128,7 +139,13 @@ func countChild(arg string) error {
 			return fmt.Errorf("warm query: %w", err)
 		}
 	}
+	// Collect now, where the lo and hi processes are still the same, so
+	// that their difference starts from the same heap.
+	runtime.GC()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
 	w0, r0, o0, i0, d0 := wire.writes.Load(), wire.reads.Load(), wire.out.Load(), wire.in.Load(), wire.dials.Load()
+	start := time.Now()
 	for i := range spec.N {
 		if err := op(tenant(), i); err != nil {
 			res.MeasuredErrs++
@@ -140,6 +157,9 @@ func countChild(arg string) error {
 	res.Writes, res.Reads = wire.writes.Load()-w0, wire.reads.Load()-r0
 	res.BytesOut, res.BytesIn = wire.out.Load()-o0, wire.in.Load()-i0
 	res.Dials = wire.dials.Load() - d0
+	res.Seconds = time.Since(start).Seconds()
+	runtime.ReadMemStats(&m1)
+	res.Mallocs, res.AllocB, res.NumGC = m1.Mallocs-m0.Mallocs, m1.TotalAlloc-m0.TotalAlloc, m1.NumGC-m0.NumGC
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
@@ -155,11 +175,7 @@ func countedOp(ctx context.Context, spec countSpec, wire *wireCounters) (func(t,
 			if err != nil {
 				return nil, nil, err
 			}
-			ctxs := make([]context.Context, len(ids))
-			for i, id := range ids {
-				ctxs[i] = tenantpg.WithTenant(ctx, id)
-			}
-			return func(t, _ int) error { return benchops.CheckSetting(ctxs[t], db, ids[t]) }, func() { db.Close() }, nil
+			return func(t, _ int) error { return benchops.CheckSetting(tenantpg.WithTenant(ctx, ids[t]), db, ids[t]) }, func() { db.Close() }, nil
 		case "map of *sql.DB":
 			base, err := pgx.ParseConfig(spec.URL)
 			if err != nil {
@@ -226,11 +242,14 @@ func instructions(report string) (uint64, error) {
 }
 
 // countedRun is one child process under cachegrind: its user-space
-// instructions in all and its wire counts.
+// instructions in all and its report.
 type countedRun struct {
 	instr uint64
-	wire  wireCount
+	rep   childReport
 }
+
+// childTimeout bounds one counted child: the longest takes about 30 s.
+const childTimeout = 5 * time.Minute
 
 // runCounted runs spec in a child process of this program under cachegrind.
 func runCounted(ctx context.Context, spec countSpec) (countedRun, error) {
@@ -242,8 +261,11 @@ func runCounted(ctx context.Context, spec countSpec) (countedRun, error) {
 	if err != nil {
 		return countedRun{}, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, childTimeout)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-		self, "-count-child", string(arg))
+		self, "-count-child")
+	cmd.Stdin = bytes.NewReader(arg)
 	// One P: with more, the runtime's idle Ps spin looking for work while
 	// the worker waits for the server, and under valgrind, which runs one
 	// thread at a time, how long they spin depends on timing: up to 10^9
@@ -259,28 +281,31 @@ func runCounted(ctx context.Context, spec countSpec) (countedRun, error) {
 		return countedRun{}, fmt.Errorf("%s: %w:\n%s", spec.Contender, err, lastLines(stderr.String(), 20))
 	}
 	run := countedRun{instr: n}
-	if err := json.Unmarshal(stdout.Bytes(), &run.wire); err != nil {
+	if err := json.Unmarshal(stdout.Bytes(), &run.rep); err != nil {
 		return countedRun{}, fmt.Errorf("%s: child's report: %w", spec.Contender, err)
 	}
-	if run.wire.MeasuredErrs > 0 {
-		return countedRun{}, fmt.Errorf("%s: %d of %d counted queries failed, first: %s", spec.Contender, run.wire.MeasuredErrs, spec.N, run.wire.FirstErr)
+	if run.rep.MeasuredErrs > 0 {
+		return countedRun{}, fmt.Errorf("%s: %d of %d counted queries failed, first: %s", spec.Contender, run.rep.MeasuredErrs, spec.N, run.rep.FirstErr)
 	}
 	return run, nil
 }
 
+// lastLines is the last n lines of s, for error messages.
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-var errNoValgrind = errors.New("valgrind is not installed (Debian: apt-get install -y valgrind)")
+// errNoValgrind fails a run that includes section 7 on a machine without
+// valgrind, before any section runs.
+var errNoValgrind = errors.New("valgrind is not installed (Debian: apt-get install -y valgrind; or leave out section 7 with -only)")
 
 // countedRow is one contender's counts per query over the repetitions.
 type countedRow struct {
 	name  string
-	instr []float64 // per query, one per repetition
-	wire  wireCount // of the last repetition's longer run
-	n     int       // its measured queries
+	instr []float64   // per query, one per repetition
+	rep   childReport // of the last repetition's longer run
+	n     int         // its measured queries
 }
 
 // counted is section 7: for each route and contender, reps pairs of child
@@ -288,9 +313,7 @@ type countedRow struct {
 // hi), so that the difference of their instruction totals is the cost of
 // hi-lo queries without the start-up (loading, dialing, SCRAM).
 func (b *bench) counted(ctx context.Context, r *report) error {
-	if _, err := exec.LookPath("valgrind"); err != nil {
-		return errNoValgrind
-	}
+	began := time.Now()
 	env := b.env
 	lo, hi, reps := 1000, 5000, 5
 	if b.o.quick {
@@ -311,14 +334,18 @@ func (b *bench) counted(ctx context.Context, r *report) error {
 	r.section("7. Client work per query, counted",
 		fmt.Sprintf("Time on this machine cannot resolve a few percent in one run (see the targets and \"What one run can resolve\" below); counts can. "+
 			"Each contender runs alone in a process of its own under valgrind's cachegrind (`--cache-sim=no`), which counts the user-space instructions the process executes, "+
-			"with one worker: the same query as in sections 1 and 2, after one query per tenant and %d warm ones. "+
+			"with one worker: tenantpg, `stdlib.OpenDB`, `stdlib.OpenDBFromPool` and pgxpool configured as in section 1, and tenantpg and the map as in section 2, "+
+			"running the same queries, after one query per tenant, %d warm ones and a garbage collection. "+
 			"Two processes differ only in the number of measured queries (%d and %d); the difference of their totals divided by %d is the instructions per query, "+
 			"without start-up, dialing and SCRAM. The processes run with `GOMAXPROCS=1` (with more, the runtime's idle threads spin while the worker waits, "+
 			"for as long as valgrind's one-thread-at-a-time scheduling lets them: up to 10^9 instructions in one process); garbage collection runs as usual and is counted. "+
 			"The counts still differ by a few percent from one process to the next, so each pair runs %d times; the table gives the median and the range, "+
 			"and a ratio's range is its lowest and highest over every pairing of the two contenders' repetitions. "+
-			"Bytes and socket calls are what the contender's connections sent and received during the measured queries, per query: "+
-			"the same numbers mean the same messages, so the same work for the server and the kernel's loopback. "+
+			"Work done on a clock rather than per query (tenantpg's reaper tick, pings of connections idle for over a second, the runtime's background work) "+
+			"is counted in proportion to a process's wall time, which valgrind stretches: compare the table's queries/s under valgrind with sections 1 and 2. "+
+			"The other columns are exact, per measured query, from the longer process: allocations (`runtime.MemStats`), "+
+			"and the `net.Conn` writes and reads and the bytes the contender's connections sent and received; "+
+			"the same numbers are consistent with the same messages, so the same work for the server and the kernel's loopback. "+
 			"Counts leave out what instructions cost (cache misses, contention between workers) and the kernel's time: they show the client's work, not its speed.",
 			countWarm, lo, hi, hi-lo, reps))
 	for _, g := range groups {
@@ -338,12 +365,13 @@ func (b *bench) counted(ctx context.Context, r *report) error {
 				}
 				rows[i].name = name
 				rows[i].instr = append(rows[i].instr, (float64(z.instr)-float64(a.instr))/float64(hi-lo))
-				rows[i].wire, rows[i].n = z.wire, hi
+				rows[i].rep, rows[i].n = z.rep, hi
 				fmt.Fprintf(os.Stderr, "counted %s %s rep %d: %.0f instructions/query\n", g.caption, name, rep, rows[i].instr[rep])
 			}
 		}
 		r.countedTable(g.caption, g.baseline, rows)
 	}
+	fmt.Fprintf(os.Stderr, "counted: %s\n", time.Since(began).Round(time.Second))
 	return nil
 }
 
@@ -359,12 +387,16 @@ func (r *report) countedTable(caption, baseline string, rows []countedRow) {
 		}
 	}
 	r.printf("**%s**\n\n", caption)
-	r.printf("| contender | instructions/query | range | vs %s | range | bytes sent / received | socket writes / reads | dials |\n|---|---|---|---|---|---|---|---|\n", baseline)
+	r.printf("| contender | instructions/query | range | vs %s (range) | allocs / bytes allocated | bytes sent / received | conn writes / reads | dials | queries/s under valgrind |\n|---|---|---|---|---|---|---|---|---|\n", baseline)
 	for _, x := range rows {
 		c := newCountedRatio(caption, x, base)
-		n := float64(x.n)
-		r.printf("| %s | %.0f | %.0f-%.0f | %.3fx | %.3f-%.3f | %.1f / %.1f | %.2f / %.2f | %d |\n", x.name, median(x.instr), slices.Min(x.instr), slices.Max(x.instr),
-			c.ratio, c.lo, c.hi, float64(x.wire.BytesOut)/n, float64(x.wire.BytesIn)/n, float64(x.wire.Writes)/n, float64(x.wire.Reads)/n, x.wire.Dials)
+		vs := "1 (baseline)"
+		if x.name != baseline {
+			vs = fmt.Sprintf("%.3fx (%.3f-%.3f)", c.ratio, c.lo, c.hi)
+		}
+		n, w := float64(x.n), x.rep
+		r.printf("| %s | %.0f | %.0f-%.0f | %s | %.1f / %.0f | %.1f / %.1f | %.2f / %.2f | %d | %.0f |\n", x.name, median(x.instr), slices.Min(x.instr), slices.Max(x.instr),
+			vs, float64(w.Mallocs)/n, float64(w.AllocB)/n, float64(w.BytesOut)/n, float64(w.BytesIn)/n, float64(w.Writes)/n, float64(w.Reads)/n, w.Dials, n/w.Seconds)
 		if strings.HasPrefix(x.name, "tenantpg") {
 			r.counts = append(r.counts, c)
 		}
@@ -380,15 +412,16 @@ func newCountedRatio(caption string, x, base countedRow) countedRatio {
 		lo: slices.Min(x.instr) / slices.Max(base.instr), hi: slices.Max(x.instr) / slices.Min(base.instr), wire: wireDiff(x, base)}
 }
 
-// wireDiff says how x's socket calls and bytes per query differ from base's.
+// wireDiff says how x's connection calls and bytes per query differ from
+// base's.
 func wireDiff(x, base countedRow) string {
 	per := func(r countedRow, v int64) float64 { return float64(v) / float64(r.n) }
-	calls := "the same socket writes and reads per query"
-	if dw, dr := per(x, x.wire.Writes)-per(base, base.wire.Writes), per(x, x.wire.Reads)-per(base, base.wire.Reads); math.Abs(dw) >= 0.005 || math.Abs(dr) >= 0.005 {
-		calls = fmt.Sprintf("socket writes %+.2f and reads %+.2f per query", dw, dr)
+	calls := "the same net.Conn writes and reads per query"
+	if dw, dr := per(x, x.rep.Writes)-per(base, base.rep.Writes), per(x, x.rep.Reads)-per(base, base.rep.Reads); math.Abs(dw) >= 0.005 || math.Abs(dr) >= 0.005 {
+		calls = fmt.Sprintf("net.Conn writes %+.2f and reads %+.2f per query", dw, dr)
 	}
 	return fmt.Sprintf("%s, bytes sent %+.1f and received %+.1f", calls,
-		per(x, x.wire.BytesOut)-per(base, base.wire.BytesOut), per(x, x.wire.BytesIn)-per(base, base.wire.BytesIn))
+		per(x, x.rep.BytesOut)-per(base, base.rep.BytesOut), per(x, x.rep.BytesIn)-per(base, base.rep.BytesIn))
 }
 
 // countedRatio is tenantpg's instructions per query against a baseline's.

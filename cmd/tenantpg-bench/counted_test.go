@@ -17,8 +17,8 @@ func TestInstructionsReadsCachegrindsTotal(t *testing.T) {
 }
 
 func TestCountedRatioRangePairsEveryRepetition(t *testing.T) {
-	x := countedRow{name: "tenantpg", instr: []float64{90, 95, 100}, n: 10, wire: wireCount{Writes: 10, Reads: 10, BytesOut: 970, BytesIn: 400}}
-	base := countedRow{name: "stdlib.OpenDB", instr: []float64{100, 110, 120}, n: 20, wire: wireCount{Writes: 20, Reads: 20, BytesOut: 1960, BytesIn: 800}}
+	x := countedRow{name: "tenantpg", instr: []float64{90, 95, 100}, n: 10, rep: childReport{Writes: 10, Reads: 10, BytesOut: 970, BytesIn: 400}}
+	base := countedRow{name: "stdlib.OpenDB", instr: []float64{100, 110, 120}, n: 20, rep: childReport{Writes: 20, Reads: 20, BytesOut: 1960, BytesIn: 800}}
 	c := newCountedRatio("direct", x, base)
 	for _, v := range []struct {
 		name      string
@@ -35,13 +35,13 @@ func TestCountedRatioRangePairsEveryRepetition(t *testing.T) {
 }
 
 func TestWireDiffNamesWhatDiffers(t *testing.T) {
-	base := countedRow{n: 10, wire: wireCount{Writes: 10, Reads: 10, BytesOut: 980, BytesIn: 400}}
-	same := countedRow{n: 20, wire: wireCount{Writes: 20, Reads: 20, BytesOut: 1940, BytesIn: 800}}
-	if got, want := wireDiff(same, base), "the same socket writes and reads per query, bytes sent -1.0 and received +0.0"; got != want {
+	base := countedRow{n: 10, rep: childReport{Writes: 10, Reads: 10, BytesOut: 980, BytesIn: 400}}
+	same := countedRow{n: 20, rep: childReport{Writes: 20, Reads: 20, BytesOut: 1940, BytesIn: 800}}
+	if got, want := wireDiff(same, base), "the same net.Conn writes and reads per query, bytes sent -1.0 and received +0.0"; got != want {
 		t.Errorf("wireDiff = %q, want %q", got, want)
 	}
-	more := countedRow{n: 10, wire: wireCount{Writes: 20, Reads: 15, BytesOut: 980, BytesIn: 400}}
-	if got, want := wireDiff(more, base), "socket writes +1.00 and reads +0.50 per query, bytes sent +0.0 and received +0.0"; got != want {
+	more := countedRow{n: 10, rep: childReport{Writes: 20, Reads: 15, BytesOut: 980, BytesIn: 400}}
+	if got, want := wireDiff(more, base), "net.Conn writes +1.00 and reads +0.50 per query, bytes sent +0.0 and received +0.0"; got != want {
 		t.Errorf("wireDiff = %q, want %q", got, want)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"time"
@@ -31,7 +32,7 @@ type options struct {
 	svg      string
 
 	memprofile string
-	countChild string
+	countChild bool
 }
 
 func main() {
@@ -48,10 +49,10 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "write the Markdown report here (default stdout only)")
 	flag.StringVar(&o.svg, "svg", "", "write the throughput chart here")
 	flag.StringVar(&o.memprofile, "memprofile", "", "write heap profiles PREFIX-before.pprof and PREFIX-after.pprof around the huge scenario")
-	flag.StringVar(&o.countChild, "count-child", "", "internal: run one counted contender (section 7) from this JSON spec and print its wire counts")
+	flag.BoolVar(&o.countChild, "count-child", false, "internal: run the counted contender (section 7) whose JSON spec is on stdin and print its report")
 	flag.Parse()
-	if o.countChild != "" {
-		if err := countChild(o.countChild); err != nil {
+	if o.countChild {
+		if err := countChild(); err != nil {
 			fmt.Fprintln(os.Stderr, "tenantpg-bench -count-child:", err)
 			os.Exit(1)
 		}
@@ -83,6 +84,9 @@ func (o options) want(s string) bool {
 
 func run(o options) error {
 	ctx := context.Background()
+	if _, err := exec.LookPath("valgrind"); err != nil && o.want("counted") {
+		return errNoValgrind // before half an hour of other sections
+	}
 	fmt.Fprintln(os.Stderr, "starting throwaway PostgreSQL and PgBouncer ...")
 	env, err := pgtest.Start(ctx, pgtest.Options{Tenants: []string{"t01"}, PoolSize: 20,
 		BouncerSettings: map[string]string{"max_client_conn": "4000"}})

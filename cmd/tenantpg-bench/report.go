@@ -217,7 +217,7 @@ func (r *report) targetsSection() {
 		for _, c := range r.counts {
 			cs = append(cs, fmt.Sprintf("%s %.3fx of %s (%.3f-%.3f; %s)", c.caption, c.ratio, c.baseline, c.lo, c.hi, c.wire))
 		}
-		r.printf("\nSection 7 counts the client's work instead, which steal does not move. tenantpg's instructions per query: %s.\n",
+		r.printf("\nSection 7 counts the client's work instead, which the hypervisor's steal does not move directly. tenantpg's instructions per query: %s.\n",
 			strings.Join(cs, "; "))
 	}
 	r.printf("\n%s\n", costExplanation)
