@@ -61,10 +61,12 @@ type childReport struct {
 	FirstErr          string
 }
 
-// countingConn counts a connection's Read and Write calls and bytes.
+// countingConn counts a connection's Read and Write calls and bytes, and
+// waits for data before it reads (waitReadable).
 type countingConn struct {
 	net.Conn
-	w *wireCounters
+	w    *wireCounters
+	wait *readWaiter
 }
 
 // wireCounters are the totals of a child's countingConns.
@@ -73,6 +75,7 @@ type wireCounters struct {
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
+	c.wait.waitReadable()
 	n, err := c.Conn.Read(p)
 	c.w.reads.Add(1)
 	c.w.in.Add(int64(n))
@@ -95,7 +98,7 @@ func (w *wireCounters) dial(ctx context.Context, network, addr string) (net.Conn
 		return nil, err
 	}
 	w.dials.Add(1)
-	return &countingConn{Conn: c, w: w}, nil
+	return &countingConn{Conn: c, w: w, wait: newReadWaiter(c)}, nil
 }
 
 // openTenantpg opens tenantpg on dsn with its connections counted.
@@ -339,11 +342,13 @@ func (b *bench) counted(ctx context.Context, r *report) error {
 			"Two processes differ only in the number of measured queries (%d and %d); the difference of their totals divided by %d is the instructions per query, "+
 			"without start-up, dialing and SCRAM. The processes run with `GOMAXPROCS=1` (with more, the runtime's idle threads spin while the worker waits, "+
 			"for as long as valgrind's one-thread-at-a-time scheduling lets them: up to 10^9 instructions in one process); garbage collection runs as usual and is counted. "+
+			"Before each read a child waits up to 5 ms in ppoll(2) for the server's answer, holding its thread, so that no contender's goroutine parks on Go's network poller: "+
+			"whether the answer was already there when the worker came to read it depends on timing, and the park and wake-up moved counts by thousands of instructions per query. "+
 			"The counts still differ by a few percent from one process to the next, so each pair runs %d times; the table gives the median and the range, "+
 			"and a ratio's range is its lowest and highest over every pairing of the two contenders' repetitions. "+
 			"Work done on a clock rather than per query (tenantpg's reaper tick, pings of connections idle for over a second, the runtime's background work) "+
 			"is counted in proportion to a process's wall time, which valgrind stretches: compare the table's queries/s under valgrind with sections 1 and 2. "+
-			"The other columns are exact, per measured query, from the longer process: allocations (`runtime.MemStats`), "+
+			"The other columns are exact, per measured query, from the longer process: allocations (`runtime.MemStats`; the counting connection allocates none per query), "+
 			"and the `net.Conn` writes and reads and the bytes the contender's connections sent and received; "+
 			"the same numbers are consistent with the same messages, so the same work for the server and the kernel's loopback. "+
 			"Counts leave out what instructions cost (cache misses, contention between workers) and the kernel's time: they show the client's work, not its speed.",
@@ -420,8 +425,15 @@ func wireDiff(x, base countedRow) string {
 	if dw, dr := per(x, x.rep.Writes)-per(base, base.rep.Writes), per(x, x.rep.Reads)-per(base, base.rep.Reads); math.Abs(dw) >= 0.005 || math.Abs(dr) >= 0.005 {
 		calls = fmt.Sprintf("net.Conn writes %+.2f and reads %+.2f per query", dw, dr)
 	}
+	// Rounded first, so that a difference below 0.05 byte prints +0.0, not -0.0.
+	tenth := func(v float64) float64 {
+		if v = math.Round(v*10) / 10; v == 0 {
+			return 0
+		}
+		return v
+	}
 	return fmt.Sprintf("%s, bytes sent %+.1f and received %+.1f", calls,
-		per(x, x.rep.BytesOut)-per(base, base.rep.BytesOut), per(x, x.rep.BytesIn)-per(base, base.rep.BytesIn))
+		tenth(per(x, x.rep.BytesOut)-per(base, base.rep.BytesOut)), tenth(per(x, x.rep.BytesIn)-per(base, base.rep.BytesIn)))
 }
 
 // countedRatio is tenantpg's instructions per query against a baseline's.

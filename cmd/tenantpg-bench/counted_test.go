@@ -45,3 +45,11 @@ func TestWireDiffNamesWhatDiffers(t *testing.T) {
 		t.Errorf("wireDiff = %q, want %q", got, want)
 	}
 }
+
+func TestWireDiffPrintsNoNegativeZero(t *testing.T) {
+	base := countedRow{n: 1000, rep: childReport{Writes: 1000, Reads: 1000, BytesOut: 98000, BytesIn: 40001}}
+	x := countedRow{n: 1000, rep: childReport{Writes: 1000, Reads: 1000, BytesOut: 98000, BytesIn: 40000}}
+	if got, want := wireDiff(x, base), "the same net.Conn writes and reads per query, bytes sent +0.0 and received +0.0"; got != want {
+		t.Errorf("wireDiff = %q, want %q", got, want)
+	}
+}
