@@ -97,19 +97,26 @@ func resetTenantpg(ctx context.Context, db *sql.DB, tenant string) {
 	p.Reset()
 }
 
-// single: one tenant, the same exec mode and pool size for every contender.
-func (b *bench) single(ctx context.Context, r *report) error {
+// oneTenantRoute is a way to the server for one tenant and the exec mode
+// every contender uses on it (sections 1 and 7).
+type oneTenantRoute struct{ name, url, mode string }
+
+func (b *bench) oneTenantRoutes() []oneTenantRoute {
 	env := b.env
-	routes := []struct{ name, url, mode string }{
+	return []oneTenantRoute{
 		{"direct", env.DirectURL(env.AppUser, env.AppDatabase), "cache_statement"},
 		{"PgBouncer", env.BouncerURL(env.AppUser, env.AppDatabase), "exec"},
 	}
+}
+
+// single: one tenant, the same exec mode and pool size for every contender.
+func (b *bench) single(ctx context.Context, r *report) error {
 	r.section("1. One tenant: tenantpg against database/sql and pgx pools",
 		"`QueryRow(\"select $1::int\")`, tenant t01 (login app.t01), pool size 8 for every contender, same exec mode per route. "+
 			"`tenantpg` is `OpenDB` (database/sql keeps up to 1,024 idle handles); `tenantpg (sql.Open)` is `sql.Open(\"tenantpg\", dsn)` "+
 			"with database/sql's default of 2 idle handles, so at 8 workers most checkouts make a new handle. "+
 			"Ratios are against `stdlib.OpenDB`. "+freshNote)
-	for _, rt := range routes {
+	for _, rt := range b.oneTenantRoutes() {
 		base := withParams(rt.url, "default_query_exec_mode="+rt.mode, "pool_max_conns=8")
 		for _, workers := range []int{1, 8} {
 			tctx := tenantpg.WithTenant(ctx, "t01")

@@ -323,18 +323,18 @@ func (b *bench) counted(ctx context.Context, r *report) error {
 	if b.o.quick {
 		lo, hi, reps = 100, 300, 2
 	}
-	oneTenant := []string{"stdlib.OpenDB", "tenantpg", "stdlib.OpenDBFromPool", "pgxpool (native)"}
-	groups := []struct {
+	type group struct {
 		caption, baseline, url string
 		tenants                int
 		contenders             []string
-	}{
-		{"direct, cache_statement, 1 worker", "stdlib.OpenDB",
-			withParams(env.DirectURL(env.AppUser, env.AppDatabase), "default_query_exec_mode=cache_statement"), 0, oneTenant},
-		{"PgBouncer, exec, 1 worker", "stdlib.OpenDB",
-			withParams(env.BouncerURL(env.AppUser, env.AppDatabase), "default_query_exec_mode=exec"), 0, oneTenant},
-		{"100 tenants, 1 worker", "map of *sql.DB", env.DirectURL(env.AppUser, env.AppDatabase), 100, []string{"map of *sql.DB", "tenantpg"}},
 	}
+	var groups []group
+	for _, rt := range b.oneTenantRoutes() {
+		groups = append(groups, group{fmt.Sprintf("%s, %s, 1 worker", rt.name, rt.mode), "stdlib.OpenDB",
+			withParams(rt.url, "default_query_exec_mode="+rt.mode), 0,
+			[]string{"stdlib.OpenDB", "tenantpg", "stdlib.OpenDBFromPool", "pgxpool (native)"}})
+	}
+	groups = append(groups, group{"100 tenants, 1 worker", "map of *sql.DB", env.DirectURL(env.AppUser, env.AppDatabase), 100, []string{"map of *sql.DB", "tenantpg"}})
 	r.section("7. Client work per query, counted",
 		fmt.Sprintf("Time on this machine cannot resolve a few percent in one run (see the targets and \"What one run can resolve\" below); counts can. "+
 			"Each contender runs alone in a process of its own under valgrind's cachegrind (`--cache-sim=no`), which counts the user-space instructions the process executes, "+
